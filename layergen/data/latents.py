@@ -1,0 +1,301 @@
+"""Cached latents: encode layered shards once, then train the diffusion model from them.
+
+Encoding every batch with the frozen autoencoder and text encoder is the largest avoidable
+cost of latent-diffusion training. :func:`cache_latents` reads layered shards
+(:func:`layergen.data.shards.read_shards`), encodes each sample once and writes WebDataset
+latent shards, one tar member per field of a key:
+
+- ``{key}.latents.safetensors``: ``latents`` ``(L', C, h, w)`` (the posterior mode,
+  *unscaled*: the diffusion module multiplies by ``scaling_factor``), ``prompt_embeds``
+  ``(S, D)`` and ``layer_prompt_embeds`` ``(L, S, D)`` (``T(y)``, ``T(p_i)``);
+- ``{key}.json``: prompt, layer prompts, key.
+
+:class:`LatentDataModule` reads them back as :class:`LatentBatch` es padded to ``L`` layers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import webdataset as wds
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from layergen.layers import LayeredBatch, LayeredImage
+from layergen.models.text_encoder import encode_prompts
+
+logger = logging.getLogger(__name__)
+
+LATENTS_FIELD = "latents.safetensors"
+
+
+def pad_latent_layers(latents: Tensor, num_layers: int, target_layers: int) -> Tensor:
+    """Pad ``(L', C, h, w)`` latents of ``num_layers`` layers to ``target_layers`` with zeros.
+
+    Per-layer latents (``L' = L``) are padded at the end; stacked SD-AE latents
+    (``L' = 2L - 1``: images, then foreground masks) are padded in both groups; a joint
+    latent (``L' = 1``) is returned as is.
+    """
+    latent_layers = latents.shape[0]
+    if latent_layers == 1 and num_layers != 1:
+        return latents
+    zeros = latents.new_zeros((target_layers - num_layers, *latents.shape[1:]))
+    if latent_layers == num_layers:
+        return torch.cat([latents, zeros])
+    return torch.cat([latents[:num_layers], zeros, latents[num_layers:], zeros])
+
+
+@dataclass
+class LatentBatch:
+    """A batch of cached latents and text embeddings.
+
+    Attributes:
+        latents: ``(B, L', C, h, w)`` unscaled autoencoder latents.
+        prompt_embeds: ``(B, S, D)`` global-prompt embeddings.
+        layer_prompt_embeds: ``(B, L, S, D)`` layer-prompt embeddings (padded layers: "").
+        layer_valid: ``(B, L)`` bool.
+        prompts: global prompts.
+        layer_prompts: per sample ``L`` layer prompts, padded with "".
+        keys: sample keys.
+    """
+
+    latents: Tensor
+    prompt_embeds: Tensor
+    layer_prompt_embeds: Tensor
+    layer_valid: Tensor
+    prompts: list[str] = field(default_factory=list)
+    layer_prompts: list[list[str]] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    def to(self, *args: Any, **kwargs: Any) -> LatentBatch:
+        """Move the tensors (``Tensor.to`` arguments; ``layer_valid`` keeps its dtype)."""
+        latents = self.latents.to(*args, **kwargs)
+        return replace(
+            self,
+            latents=latents,
+            prompt_embeds=self.prompt_embeds.to(*args, **kwargs),
+            layer_prompt_embeds=self.layer_prompt_embeds.to(*args, **kwargs),
+            layer_valid=self.layer_valid.to(latents.device),
+        )
+
+    @classmethod
+    def collate(
+        cls, samples: Sequence[dict[str, Any]], num_layers: int, empty_embedding: Tensor
+    ) -> LatentBatch:
+        """Stack decoded samples, padding to ``num_layers`` layers (layer prompts "")."""
+        latents, layer_embeds, valid = [], [], []
+        for s in samples:
+            n = s["layer_prompt_embeds"].shape[0]
+            if n > num_layers:
+                raise ValueError(f"sample {s['key']}: {n} layers exceed num_layers = {num_layers}")
+            latents.append(pad_latent_layers(s["latents"], n, num_layers))
+            pad = empty_embedding.to(s["layer_prompt_embeds"].dtype).expand(num_layers - n, -1, -1)
+            layer_embeds.append(torch.cat([s["layer_prompt_embeds"], pad]))
+            valid.append(torch.arange(num_layers) < n)
+        return cls(
+            latents=torch.stack(latents).float(),
+            prompt_embeds=torch.stack([s["prompt_embeds"] for s in samples]).float(),
+            layer_prompt_embeds=torch.stack(layer_embeds).float(),
+            layer_valid=torch.stack(valid),
+            prompts=[s["prompt"] for s in samples],
+            layer_prompts=[
+                s["layer_prompts"] + [""] * (num_layers - len(s["layer_prompts"])) for s in samples
+            ],
+            keys=[s["key"] for s in samples],
+        )
+
+
+def decode_latent_sample(sample: dict[str, Any]) -> dict[str, Any]:
+    """WebDataset sample (raw bytes) -> tensors and metadata; errors name the key."""
+    key = sample.get("__key__", "?")
+    try:
+        tensors = load_safetensors(sample[LATENTS_FIELD])
+        meta = json.loads(sample["json"])
+    except (KeyError, ValueError, json.JSONDecodeError) as exn:
+        raise ValueError(f"latent shard {sample.get('__url__', '?')}, key {key}: {exn}") from exn
+    return {"key": key, "prompt": meta["prompt"], "layer_prompts": meta["layer_prompts"], **tensors}
+
+
+@torch.no_grad()
+def encode_latent_samples(
+    samples: Sequence[LayeredImage],
+    autoencoder: Any,
+    tokenizer: Any,
+    text_encoder: Any,
+) -> list[dict[str, Any]]:
+    """Encode layered images into cached-latent samples (see the module docstring)."""
+    batch = LayeredBatch.collate(samples)
+    device = next(autoencoder.parameters()).device
+    latents = autoencoder.encode(batch.images.to(device), batch.masks.to(device)).latent_dist.mode()
+    full_layers, latent_layers = batch.layer_valid.shape[1], latents.shape[1]
+    texts = list(batch.prompts) + [p for lp in batch.layer_prompts for p in lp]
+    embeds = encode_prompts(tokenizer, text_encoder, texts).half().cpu()
+    layer_embeds = embeds[len(samples) :].unflatten(0, (len(samples), full_layers))
+    out = []
+    for b, sample in enumerate(samples):
+        n = sample.num_layers
+        z = latents[b].float().cpu()
+        if latent_layers == 2 * full_layers - 1:
+            z = torch.cat([z[:n], z[full_layers : full_layers + n - 1]])
+        elif latent_layers == full_layers:
+            z = z[:n]
+        out.append(
+            {
+                "key": str(sample.metadata.get("key", sample.metadata.get("index", b))),
+                "prompt": sample.prompt,
+                "layer_prompts": list(sample.layer_prompts),
+                "latents": z.contiguous(),
+                "prompt_embeds": embeds[b].contiguous(),
+                "layer_prompt_embeds": layer_embeds[b, :n].contiguous(),
+            }
+        )
+    return out
+
+
+def write_latent_shards(
+    samples: Iterable[dict[str, Any]],
+    out_dir: str | Path,
+    samples_per_shard: int = 1000,
+    prefix: str = "latents",
+) -> list[Path]:
+    """Write encoded samples to ``out_dir/{prefix}-{i:06d}.tar`` (each written atomically)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    writer, tmp = None, None
+    for count, s in enumerate(samples):
+        if count % samples_per_shard == 0:
+            if writer is not None:
+                writer.close()
+                os.replace(tmp, paths[-1])
+            paths.append(out_dir / f"{prefix}-{len(paths):06d}.tar")
+            tmp = paths[-1].with_suffix(".tar.tmp")
+            writer = wds.TarWriter(str(tmp))
+        tensors = {k: s[k] for k in ("latents", "prompt_embeds", "layer_prompt_embeds")}
+        meta = {"prompt": s["prompt"], "layer_prompts": s["layer_prompts"], "key": s["key"]}
+        writer.write(
+            {
+                "__key__": s["key"],
+                LATENTS_FIELD: save_safetensors(tensors),
+                "json": json.dumps(meta),
+            }
+        )
+    if writer is not None:
+        writer.close()
+        os.replace(tmp, paths[-1])
+    return paths
+
+
+def cache_latents(
+    shards: str | list[str],
+    out_dir: str | Path,
+    autoencoder: str,
+    text_encoder: str,
+    batch_size: int = 32,
+    samples_per_shard: int = 1000,
+    device: str = "cpu",
+) -> list[Path]:
+    """Encode layered shards into latent shards with a frozen autoencoder and text encoder."""
+    from layergen.data.shards import read_shards
+    from layergen.models.loading import load_autoencoder
+    from layergen.models.text_encoder import load_text_encoder
+
+    ae = load_autoencoder(autoencoder).to(device).eval()
+    tokenizer, te = load_text_encoder(text_encoder)
+    te.to(device)
+
+    def encoded() -> Iterator[dict[str, Any]]:
+        chunk: list[LayeredImage] = []
+        for sample in read_shards(shards):
+            chunk.append(sample)
+            if len(chunk) == batch_size:
+                yield from encode_latent_samples(chunk, ae, tokenizer, te)
+                chunk = []
+        if chunk:
+            yield from encode_latent_samples(chunk, ae, tokenizer, te)
+
+    paths = write_latent_shards(encoded(), out_dir, samples_per_shard)
+    logger.info("wrote %d latent shards to %s", len(paths), out_dir)
+    return paths
+
+
+class LatentCollate:
+    """``collate_fn`` for :class:`LatentBatch` (picklable for worker processes)."""
+
+    def __init__(self, num_layers: int, empty_embedding: Tensor) -> None:
+        self.num_layers = num_layers
+        self.empty_embedding = empty_embedding
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> LatentBatch:
+        return LatentBatch.collate(samples, self.num_layers, self.empty_embedding)
+
+
+class LatentDataModule(pl.LightningDataModule):
+    """Train/val :class:`LatentBatch` es from latent shards written by :func:`cache_latents`.
+
+    Args:
+        train_shards, val_shards: shard URLs (brace pattern or list).
+        text_encoder: the text encoder used for caching (hub id or path): gives ``T("")``
+            for padded layers.
+        max_foregrounds: batches are padded to ``L = max_foregrounds + 1`` layers.
+        batch_size, num_workers, shuffle_buffer, seed: loading.
+    """
+
+    def __init__(
+        self,
+        train_shards: str | list[str],
+        text_encoder: str,
+        val_shards: str | list[str] | None = None,
+        max_foregrounds: int = 2,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.collate: LatentCollate | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.collate is None:
+            from layergen.models.text_encoder import load_text_encoder
+
+            tokenizer, te = load_text_encoder(self.hparams.text_encoder)
+            empty = encode_prompts(tokenizer, te, [""])[0].half()
+            self.collate = LatentCollate(self.hparams.max_foregrounds + 1, empty)
+
+    def _loader(self, urls: str | list[str], train: bool) -> DataLoader:
+        stages: list[Any] = [wds.SimpleShardList(urls, seed=self.hparams.seed if train else None)]
+        if train:
+            stages += [wds.shuffle(100), wds.split_by_node, wds.split_by_worker]
+        stages += [wds.tarfile_to_samples()]
+        if train and self.hparams.shuffle_buffer:
+            stages.append(wds.shuffle(self.hparams.shuffle_buffer))
+        stages.append(wds.map(decode_latent_sample))
+        return DataLoader(
+            wds.DataPipeline(*stages),
+            batch_size=self.hparams.batch_size,
+            num_workers=self.hparams.num_workers,
+            collate_fn=self.collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.train_shards, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.hparams.val_shards is None:
+            return []
+        return self._loader(self.hparams.val_shards, train=False)

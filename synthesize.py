@@ -1,0 +1,6 @@
+"""Build a layered dataset from photographs: ``python synthesize.py --config configs/synth/text2layer.yaml``."""
+
+from layergen.synthesis.cli import format_summary, synthesize_main
+
+if __name__ == "__main__":
+    print(format_summary(synthesize_main()))

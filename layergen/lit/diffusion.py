@@ -1,0 +1,333 @@
+"""Training of the layered latent diffusion model (LayerDiff eq. 2, sections 4.1-4.2;
+Text2Layer section IV-C eq. 5).
+
+``LayeredDiffusionModule`` owns the optimisation of a :class:`~layergen.models.LayeredUNet`
+on the latents of a frozen layered autoencoder, conditioned on a frozen CLIP text encoder:
+
+- latents ``z = E(x).mode() * scaling_factor`` (or a posterior sample), ``(B, L', C, h, w)``;
+- diffusers ``DDPMScheduler`` forward process, epsilon or v prediction;
+- per-layer timesteps: shared by all layers in ``shared_timestep_prob`` of the samples and
+  independent in the rest (LayerDiff 4.1: 50 %);
+- independent dropout of the global and the layer conditions (LayerDiff 4.2: 10 % each;
+  a dropped condition is the embedding of ""; layer conditions drop for all layers of a
+  sample at once, as classifier-free guidance replaces them at once);
+- in ``clean_layers_prob`` of the samples a random subset of the valid layers is given
+  clean (timestep 0, exact latents) and excluded from the loss, so the model can generate
+  missing layers given the others (layer inpainting);
+- MSE over valid, noisy latent layers only; EMA weights for validation and export.
+
+Batches are ``LayeredBatch`` (images, encoded on the fly) or ``LatentBatch`` (cached
+latents and text embeddings, :mod:`layergen.data.latents`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler
+from torch import Tensor
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from layergen.data.latents import LatentBatch
+from layergen.layers import LayeredBatch
+from layergen.models.layered_unet import LayeredUNet, build_layered_unet
+from layergen.models.loading import load_autoencoder
+from layergen.models.text_encoder import encode_prompts, load_text_encoder
+
+logger = logging.getLogger(__name__)
+
+FROZEN_PREFIXES = ("autoencoder.", "text_encoder.")
+
+
+def latent_layer_index(num_layers: int, latent_layers: int) -> Tensor:
+    """Layer of each latent layer, ``(L',)``: ``L' = L`` (per layer), 1 (joint, layer 0)
+    or ``2L - 1`` (stacked SD-AE: L images, then the masks of layers 1..L-1)."""
+    if latent_layers == num_layers:
+        return torch.arange(num_layers)
+    if latent_layers == 1:
+        return torch.zeros(1, dtype=torch.long)
+    if latent_layers == 2 * num_layers - 1:
+        return torch.cat([torch.arange(num_layers), torch.arange(1, num_layers)])
+    raise ValueError(f"cannot map {latent_layers} latent layers onto {num_layers} layers")
+
+
+class LayeredDiffusionModule(pl.LightningModule):
+    """Layer-collaborative latent diffusion (LayerDiff) and its Text2Layer / baseline modes.
+
+    Args:
+        autoencoder: directory of a layered autoencoder written by ``save_pretrained``
+            (``export_pretrained`` of the autoencoder module); frozen.
+        text_encoder: CLIP text encoder by hub id or path (``load_text_encoder``); frozen.
+        unet_pretrained: SD weights (hub id or path) to start the UNet from; or
+        unet_config: a ``UNet2DConditionModel`` config for a UNet from scratch.
+        unet_subfolder: sub-folder of ``unet_pretrained`` ("unet" for SD repositories).
+        in_channels, out_channels: widen a pretrained UNet's convs (SD-AE-UNet (ft)).
+        layer_blocks, mask_channels, prompt_enhancer, prompt_enhancer_heads, max_layers,
+            latent_layout: :class:`~layergen.models.LayeredUNet` options.
+        gradient_checkpointing: recompute activations in the backward pass.
+        num_train_timesteps, beta_schedule, beta_start, beta_end, prediction_type:
+            ``DDPMScheduler`` settings (SD: 1000, "scaled_linear", 0.00085, 0.012, "epsilon").
+        sample_posterior: use ``latent_dist.sample()`` instead of ``.mode()``.
+        shared_timestep_prob: share of samples with one timestep for all layers.
+        global_dropout, layer_dropout: condition dropout rates.
+        clean_layers_prob: share of samples with a clean, loss-free subset of layers.
+        lr, weight_decay, warmup_steps, betas: AdamW and linear warm-up, then constant.
+        ema_decay: EMA decay per optimizer step (None: no EMA; the raw weights are used).
+    """
+
+    def __init__(
+        self,
+        autoencoder: str,
+        text_encoder: str,
+        unet_pretrained: str | None = None,
+        unet_config: dict[str, Any] | None = None,
+        unet_subfolder: str | None = "unet",
+        in_channels: int | None = None,
+        out_channels: int | None = None,
+        layer_blocks: bool = True,
+        mask_channels: int = 0,
+        prompt_enhancer: str = "s+c",
+        prompt_enhancer_heads: int = 8,
+        max_layers: int = 8,
+        latent_layout: str = "layers",
+        gradient_checkpointing: bool = False,
+        num_train_timesteps: int = 1000,
+        beta_schedule: str = "scaled_linear",
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        prediction_type: str = "epsilon",
+        sample_posterior: bool = False,
+        shared_timestep_prob: float = 0.5,
+        global_dropout: float = 0.1,
+        layer_dropout: float = 0.1,
+        clean_layers_prob: float = 0.0,
+        lr: float = 1e-5,
+        weight_decay: float = 1e-4,
+        warmup_steps: int = 500,
+        betas: tuple[float, float] = (0.9, 0.999),
+        ema_decay: float | None = 0.9999,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.autoencoder = load_autoencoder(autoencoder).requires_grad_(False).eval()
+        self.tokenizer, self.text_encoder = load_text_encoder(text_encoder)
+        self.unet: LayeredUNet = build_layered_unet(
+            pretrained=unet_pretrained,
+            subfolder=unet_subfolder,
+            config=unet_config,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            layer_blocks=layer_blocks,
+            mask_channels=mask_channels,
+            prompt_enhancer=prompt_enhancer,
+            prompt_enhancer_heads=prompt_enhancer_heads,
+            max_layers=max_layers,
+            latent_layout=latent_layout,
+        )
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        self.noise_scheduler = DDPMScheduler(
+            num_train_timesteps=num_train_timesteps,
+            beta_schedule=beta_schedule,
+            beta_start=beta_start,
+            beta_end=beta_end,
+            prediction_type=prediction_type,
+            clip_sample=False,
+        )
+        self.ema_unet = None
+        if ema_decay is not None:
+            self.ema_unet = AveragedModel(
+                self.unet, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True
+            ).requires_grad_(False)
+        # checkpoints hold the trained weights only; the frozen models reload from their paths
+        self.strict_loading = False
+        self._empty_embedding: Tensor | None = None
+
+    # ------------------------------------------------------------------------------------
+    # Conditions and latents
+    # ------------------------------------------------------------------------------------
+
+    def empty_embedding(self) -> Tensor:
+        """``T("")``, ``(S, D)``: the embedding of a dropped condition (cached)."""
+        if self._empty_embedding is None or self._empty_embedding.device != self.device:
+            self._empty_embedding = encode_prompts(self.tokenizer, self.text_encoder, [""])[0]
+        return self._empty_embedding
+
+    @torch.no_grad()
+    def prepare_batch(self, batch: LayeredBatch | LatentBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Latents and conditions of a batch.
+
+        Returns:
+            latents ``(B, L', C, h, w)`` (scaled), global embedding ``(B, S, D)``, layer
+            embeddings ``(B, L, S, D)``, ``layer_valid`` ``(B, L)``.
+        """
+        if isinstance(batch, LatentBatch):
+            latents = batch.latents
+            cond, layer_cond = batch.prompt_embeds, batch.layer_prompt_embeds
+        else:
+            dist = self.autoencoder.encode(batch.images, batch.masks).latent_dist
+            latents = dist.sample() if self.hparams.sample_posterior else dist.mode()
+            num_layers = batch.layer_valid.shape[1]
+            texts = list(batch.prompts) + [p for lp in batch.layer_prompts for p in lp]
+            embeddings = encode_prompts(self.tokenizer, self.text_encoder, texts)
+            cond = embeddings[: len(batch)]
+            # (B*L, S, D) -> (B, L, S, D)
+            layer_cond = embeddings[len(batch) :].unflatten(0, (len(batch), num_layers))
+        latents = latents * self.autoencoder.config.scaling_factor
+        return latents.to(self.dtype), cond.to(self.dtype), layer_cond.to(self.dtype), batch.layer_valid
+
+    def drop_conditions(
+        self, cond: Tensor, layer_cond: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Replace the global / layer conditions of random samples by ``T("")`` (LayerDiff 4.2)."""
+        batch = cond.shape[0]
+        empty = self.empty_embedding().to(cond.dtype)
+        drop_global = torch.rand(batch, device=cond.device, generator=generator) < self.hparams.global_dropout
+        drop_layers = torch.rand(batch, device=cond.device, generator=generator) < self.hparams.layer_dropout
+        cond = torch.where(drop_global[:, None, None], empty, cond)
+        layer_cond = torch.where(drop_layers[:, None, None, None], empty, layer_cond)
+        return cond, layer_cond
+
+    def sample_timesteps(
+        self, batch: int, num_layers: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """``(B, L)`` timesteps: shared across layers in ``shared_timestep_prob`` of samples."""
+        high = self.noise_scheduler.config.num_train_timesteps
+        t = torch.randint(0, high, (batch, num_layers), device=self.device, generator=generator)
+        shared = torch.rand(batch, device=self.device, generator=generator) < self.hparams.shared_timestep_prob
+        if not self.unet.per_layer_timesteps:
+            shared = torch.ones_like(shared)
+        return torch.where(shared[:, None], t[:, :1], t)
+
+    def sample_clean_layers(self, layer_valid: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``(B, L)`` bool: layers given clean in ``clean_layers_prob`` of the samples.
+
+        In a chosen sample each valid layer is clean with probability 1/2, except one
+        random valid layer that always stays noisy (so every sample has a loss term).
+        """
+        batch, num_layers = layer_valid.shape
+        device = layer_valid.device
+        if not (self.unet.per_layer_timesteps and self.unet.config.layer_blocks):
+            return torch.zeros_like(layer_valid, dtype=torch.bool)
+        chosen = torch.rand(batch, device=device, generator=generator) < self.hparams.clean_layers_prob
+        clean = torch.rand(batch, num_layers, device=device, generator=generator) < 0.5
+        scores = torch.rand(batch, num_layers, device=device, generator=generator)
+        keep = F.one_hot(scores.masked_fill(~layer_valid, -1).argmax(1), num_layers).bool()
+        return clean & layer_valid & ~keep & chosen[:, None]
+
+    # ------------------------------------------------------------------------------------
+    # Loss
+    # ------------------------------------------------------------------------------------
+
+    def diffusion_loss(
+        self,
+        unet: LayeredUNet,
+        batch: LayeredBatch | LatentBatch,
+        generator: torch.Generator | None = None,
+        train: bool = True,
+    ) -> Tensor:
+        """LayerDiff eq. 2: ``|| target - Phi_u(z_t, t, T(y), T(p)) ||^2`` over noisy valid layers."""
+        latents, cond, layer_cond, layer_valid = self.prepare_batch(batch)
+        batch_size, latent_layers = latents.shape[:2]
+        num_layers = layer_valid.shape[1]
+        index = latent_layer_index(num_layers, latent_layers).to(self.device)
+        if train:
+            cond, layer_cond = self.drop_conditions(cond, layer_cond)
+        t = self.sample_timesteps(batch_size, num_layers, generator)
+        clean = self.sample_clean_layers(layer_valid, generator) if train else torch.zeros_like(layer_valid)
+        t = torch.where(clean, torch.zeros_like(t), t)
+        # per layer (B, L) -> per latent layer (B, L')
+        t_latent, clean_latent, valid_latent = t[:, index], clean[:, index], layer_valid[:, index]
+        noise = torch.randn(latents.shape, device=self.device, dtype=latents.dtype, generator=generator)
+        flat = (latents.flatten(0, 1), noise.flatten(0, 1), t_latent.flatten())
+        noisy = self.noise_scheduler.add_noise(*flat).view_as(latents)
+        noisy = torch.where(clean_latent[:, :, None, None, None], latents, noisy)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(*flat).view_as(latents)
+        else:
+            target = noise
+        pred = unet(noisy, t_latent, cond, layer_cond, layer_valid).sample
+        error = (pred.float() - target.float()).pow(2).mean(dim=(2, 3, 4))  # (B, L')
+        weight = (valid_latent & ~clean_latent).float()
+        return (error * weight).sum() / weight.sum().clamp_min(1.0)
+
+    def training_step(self, batch: LayeredBatch | LatentBatch, batch_idx: int) -> Tensor:
+        loss = self.diffusion_loss(self.unet, batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def validation_step(self, batch: LayeredBatch | LatentBatch, batch_idx: int) -> Tensor:
+        # fixed noise and timesteps per batch: val/loss is comparable across epochs
+        generator = torch.Generator(self.device).manual_seed(batch_idx)
+        loss = self.diffusion_loss(self.inference_unet, batch, generator=generator, train=False)
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=True)
+        return loss
+
+    # ------------------------------------------------------------------------------------
+    # EMA, optimisation, checkpoints, export
+    # ------------------------------------------------------------------------------------
+
+    @property
+    def inference_unet(self) -> LayeredUNet:
+        """The EMA UNet (or the trained one without EMA): used for validation and export."""
+        return self.ema_unet.module if self.ema_unet is not None else self.unet
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # once per optimizer step (after gradient accumulation): EMA of the new weights
+        super().optimizer_step(*args, **kwargs)
+        if self.ema_unet is not None:
+            self.ema_unet.update_parameters(self.unet)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.unet.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
+            betas=tuple(self.hparams.betas),
+        )
+        warmup = max(1, self.hparams.warmup_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
+            del state[key]
+
+    def train(self, mode: bool = True) -> LayeredDiffusionModule:
+        super().train(mode)
+        self.autoencoder.eval()
+        self.text_encoder.eval()
+        if self.ema_unet is not None:
+            self.ema_unet.eval()
+        return self
+
+    def export_pretrained(self, directory: str | Path) -> Path:
+        """Write a ``LayeredDiffusionPipeline`` directory (diffusers format).
+
+        ``unet/`` (EMA weights), ``autoencoder/``, ``text_encoder/``, ``tokenizer/``,
+        ``scheduler/`` (a ``DDIMScheduler`` with the training noise schedule) and
+        ``model_index.json``; loadable with ``LayeredDiffusionPipeline.from_pretrained``.
+        """
+        from layergen.pipelines.layered_diffusion import LayeredDiffusionPipeline
+
+        scheduler = DDIMScheduler.from_config(
+            self.noise_scheduler.config, clip_sample=False, set_alpha_to_one=False
+        )
+        pipeline = LayeredDiffusionPipeline(
+            autoencoder=self.autoencoder,
+            unet=self.inference_unet,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            scheduler=scheduler,
+        )
+        directory = Path(directory)
+        pipeline.save_pretrained(directory, safe_serialization=True)
+        logger.info("exported pipeline to %s", directory)
+        return directory

@@ -1,0 +1,23 @@
+from layergen.models.autoencoder_outputs import (  # noqa: F401
+    LayeredDecoderOutput,
+    LayeredDiagonalGaussian,
+    LayeredEncoderOutput,
+)
+from layergen.models.discriminator import PatchDiscriminator  # noqa: F401
+from layergen.models.layer_attention import (  # noqa: F401
+    InterLayerAttention,
+    IntraLayerCrossAttention,
+    LayerCollaborativeBlock,
+)
+from layergen.models.layer_autoencoder import PerLayerAutoencoder  # noqa: F401
+from layergen.models.layered_autoencoder import LayeredAutoencoder  # noqa: F401
+from layergen.models.layered_unet import LayeredUNet, LayeredUNetOutput  # noqa: F401
+from layergen.models.loading import load_autoencoder  # noqa: F401
+from layergen.models.prompt_enhancer import LayerPromptEnhancer  # noqa: F401
+from layergen.models.quality_classifier import QualityClassifier, select_threshold  # noqa: F401
+from layergen.models.sd_autoencoder import StackedSDAutoencoder  # noqa: F401
+from layergen.models.text_encoder import (  # noqa: F401
+    build_tiny_text_encoder,
+    encode_prompts,
+    load_text_encoder,
+)

@@ -1,0 +1,142 @@
+"""Per-layer autoencoder: one RGB + mask autoencoder applied to every layer (LayerDiff's latents).
+
+Each layer (RGB and its visible mask, 4 channels) is encoded on its own, so a batch of L
+layers has latents ``(B, L, C, h, w)``. The decoder ends in two conv-bn-relu-conv heads (RGB;
+mask with a sigmoid, Text2Layer IV-B); the composite is the composite of the decoded layers
+(DESIGN eq. 1), which the training loss supervises.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.configuration_utils import register_to_config
+from torch import Tensor
+
+from layergen.layers import (
+    LayeredImageError,
+    background_mask,
+    composite_layers,
+    from_unit,
+    normalize_masks,
+)
+from layergen.models.autoencoder_body import KLAutoencoderBody, LayeredAutoencoderBase
+from layergen.models.autoencoder_outputs import (
+    LayeredDecoderOutput,
+    LayeredDiagonalGaussian,
+    LayeredEncoderOutput,
+)
+from layergen.models.heads import ConvBnReluConvHead
+
+
+class PerLayerAutoencoder(LayeredAutoencoderBase):
+    """One KL autoencoder for a single RGB + mask layer, applied to each of the L layers.
+
+    Args:
+        latent_channels: C.
+        block_out_channels: body widths; f = ``2 ** (len - 1)``.
+        layers_per_block: resnets per block.
+        norm_num_groups: GroupNorm groups.
+        mid_block_add_attention: self-attention in the mid blocks.
+        head_channels: hidden width of the heads (default: the decoder's last width).
+        logvar_init: initial log-variance of the posterior (None: diffusers' default init).
+        scaling_factor: multiply latents by it before diffusion.
+    """
+
+    per_layer = True
+
+    @register_to_config
+    def __init__(
+        self,
+        latent_channels: int = 4,
+        block_out_channels: tuple[int, ...] = (128, 256, 512, 512),
+        layers_per_block: int = 2,
+        norm_num_groups: int = 32,
+        mid_block_add_attention: bool = True,
+        head_channels: int | None = None,
+        logvar_init: float | None = None,
+        scaling_factor: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.body = KLAutoencoderBody(
+            in_channels=4,
+            latent_channels=latent_channels,
+            block_out_channels=tuple(block_out_channels),
+            layers_per_block=layers_per_block,
+            norm_num_groups=norm_num_groups,
+            mid_block_add_attention=mid_block_add_attention,
+            logvar_init=logvar_init,
+        )
+        width = self.body.feature_channels
+        self.image_head = ConvBnReluConvHead(width, 3, head_channels)
+        self.mask_head = ConvBnReluConvHead(width, 1, head_channels, sigmoid=True)
+
+    def encode(self, images: Tensor, masks: Tensor) -> LayeredEncoderOutput:
+        """Encode every layer.
+
+        Args:
+            images: ``(B, L, 3, H, W)`` in [-1, 1].
+            masks: ``(B, L, 1, H, W)`` in [0, 1] (the mask enters the encoder mapped to [-1, 1]).
+
+        Returns:
+            ``LayeredEncoderOutput`` whose posterior is over ``(B, L, C, h, w)``.
+        """
+        if images.ndim != 5 or images.shape[2] != 3:
+            raise LayeredImageError(f"images: expected (B, L, 3, H, W), got {tuple(images.shape)}")
+        if masks.shape[:2] != images.shape[:2] or masks.shape[2] != 1:
+            raise LayeredImageError(
+                f"masks: expected (B, {images.shape[1]}, 1, H, W), got {tuple(masks.shape)}"
+            )
+        batch, num_layers = images.shape[:2]
+        x = torch.cat([images, from_unit(masks)], dim=2)  # (B, L, 4, H, W)
+        moments = self.body.encode_moments(x.flatten(0, 1))  # (B*L, 4, H, W) -> (B*L, 2C, h, w)
+        moments = moments.unflatten(0, (batch, num_layers))  # (B, L, 2C, h, w)
+        return LayeredEncoderOutput(latent_dist=LayeredDiagonalGaussian(moments))
+
+    def decode(
+        self, latents: Tensor, num_layers: int | None = None, layer_valid: Tensor | None = None
+    ) -> LayeredDecoderOutput:
+        """Decode every latent layer and composite the result (DESIGN eq. 1).
+
+        Args:
+            latents: ``(B, L, C, h, w)``.
+            num_layers: must equal L when given (one latent layer per layer).
+            layer_valid: optional ``(B, L)`` bool; padded layers (False) decode to zero images
+                and masks, as in a padded ``LayeredBatch``.
+
+        Returns:
+            ``LayeredDecoderOutput``: images ``(B, L, 3, H, W)``, masks ``(B, L, 1, H, W)`` —
+            foreground masks normalised, index 0 recomputed as ``1 - sum_i m_i`` — and the
+            composite of the decoded layers ``(B, 3, H, W)``.
+        """
+        if latents.ndim != 5:
+            raise ValueError(f"latents: expected (B, L, C, h, w), got {tuple(latents.shape)}")
+        batch, layers = latents.shape[:2]
+        if num_layers is not None and num_layers != layers:
+            raise ValueError(
+                f"num_layers: the per-layer autoencoder decodes L = {layers} layers "
+                f"from {layers} latent layers, got num_layers={num_layers}"
+            )
+        features = self.body.decode_features(latents.flatten(0, 1))  # (B*L, width, H, W)
+        images = self.image_head(features).unflatten(0, (batch, layers))  # (B, L, 3, H, W)
+        raw_masks = self.mask_head(features).unflatten(0, (batch, layers))  # (B, L, 1, H, W)
+        if layer_valid is not None:
+            keep = layer_valid[:, :, None, None, None].to(images.dtype)
+            images, raw_masks = images * keep, raw_masks * keep
+        fg_masks = normalize_masks(raw_masks[:, 1:])
+        masks = torch.cat([background_mask(fg_masks)[:, None], fg_masks], 1)
+        return LayeredDecoderOutput(
+            images=images, masks=masks, composite=composite_layers(images, masks)
+        )
+
+    def forward(
+        self,
+        images: Tensor,
+        masks: Tensor,
+        layer_valid: Tensor | None = None,
+        sample_posterior: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> tuple[LayeredDecoderOutput, LayeredDiagonalGaussian]:
+        """Encode, sample (or take the mode) and decode; returns (reconstruction, posterior)."""
+        posterior = self.encode(images, masks).latent_dist
+        z = posterior.sample(generator) if sample_posterior else posterior.mode()
+        return self.decode(z, layer_valid=layer_valid), posterior

@@ -1,0 +1,254 @@
+"""LayeredDiffusionModule: timestep sharing, condition dropout, clean layers, fit, resume,
+export, latent caching, 2-process DDP."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from layergen.cli import cli_main
+from layergen.data import cache_latents as cache_latents_command
+from layergen.data.latents import LatentDataModule
+from layergen.data.shapes import ShapeScenes, vocabulary
+from layergen.data.shards import read_shards, write_shards
+from layergen.layers import LayeredBatch
+from layergen.lit.diffusion import LayeredDiffusionModule, latent_layer_index
+from layergen.models import (
+    LayeredUNet,
+    PerLayerAutoencoder,
+    StackedSDAutoencoder,
+    load_autoencoder,
+)
+from layergen.models.text_encoder import build_tiny_text_encoder
+
+UNET_CONFIG = dict(
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=[8, 16],
+    layers_per_block=1,
+    down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+    cross_attention_dim=16,
+    attention_head_dim=4,
+    norm_num_groups=4,
+)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("diffusion")
+    torch.manual_seed(0)
+    PerLayerAutoencoder(
+        latent_channels=4, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+        mid_block_add_attention=False,
+    ).save_pretrained(root / "ae")
+    build_tiny_text_encoder(root / "te", vocabulary(), hidden_size=16, num_layers=1, max_length=16)
+    return root
+
+
+def make_module(assets, **kwargs):
+    args = dict(autoencoder=str(assets / "ae"), text_encoder=str(assets / "te"),
+                unet_config=UNET_CONFIG, prompt_enhancer_heads=2, ema_decay=0.9)
+    return LayeredDiffusionModule(**{**args, **kwargs})
+
+
+def scene_batch(n=2):
+    scenes = ShapeScenes(size=32, min_foregrounds=1, max_foregrounds=2, seed=0, length=n)
+    return LayeredBatch.collate([scenes[i] for i in range(n)], num_layers=3)
+
+
+def test_latent_layer_index():
+    assert latent_layer_index(3, 3).tolist() == [0, 1, 2]
+    assert latent_layer_index(3, 1).tolist() == [0]
+    assert latent_layer_index(3, 5).tolist() == [0, 1, 2, 1, 2]
+    with pytest.raises(ValueError, match="cannot map 4 latent layers"):
+        latent_layer_index(3, 4)
+
+
+def test_timestep_sampling_shares(assets):
+    module = make_module(assets)
+    torch.manual_seed(0)
+    t = module.sample_timesteps(4000, 3)
+    assert t.shape == (4000, 3) and t.min() >= 0 and t.max() < 1000
+    shared = (t == t[:, :1]).all(dim=1).float().mean().item()
+    assert abs(shared - 0.5) < 0.03  # independent triples coincide with prob. 1e-6
+    module.hparams.shared_timestep_prob = 1.0
+    t = module.sample_timesteps(100, 3)
+    assert (t == t[:, :1]).all()
+
+
+def test_condition_dropout_rates(assets):
+    module = make_module(assets)
+    n = 20000
+    cond, layer_cond = torch.ones(n, 16, 16), torch.ones(n, 3, 16, 16)
+    torch.manual_seed(0)
+    dropped_cond, dropped_layers = module.drop_conditions(cond, layer_cond)
+    empty = module.empty_embedding()
+    g = (dropped_cond == empty).all(dim=(1, 2))
+    lay = (dropped_layers == empty).all(dim=(2, 3))
+    assert (lay == lay[:, :1]).all()  # a sample's layer conditions drop together
+    lay = lay[:, 0]
+    assert abs(g.float().mean() - 0.1) < 0.01 and abs(lay.float().mean() - 0.1) < 0.01
+    assert abs((g & lay).float().mean() - 0.01) < 0.004  # independent
+    assert ((dropped_cond == 1).all(dim=(1, 2)) == ~g).all()
+
+
+def test_clean_layers_are_clean_and_excluded_from_the_loss(assets, monkeypatch):
+    module = make_module(assets, clean_layers_prob=1.0, global_dropout=0.0, layer_dropout=0.0)
+    batch = scene_batch()
+    latents, *_ = module.prepare_batch(batch)
+    clean = torch.tensor([[True, False, False], [False, True, False]])
+    monkeypatch.setattr(module, "sample_clean_layers", lambda valid, generator=None: clean & valid)
+    seen = {}
+
+    def spy(sample, timestep, cond, layer_cond, layer_valid):
+        seen.update(sample=sample, timestep=timestep, valid=layer_valid)
+        seen["pred"] = torch.zeros_like(sample, requires_grad=True)
+        return type("Out", (), {"sample": seen["pred"]})()
+
+    loss = module.diffusion_loss(spy, batch)
+    loss.backward()
+    valid = batch.layer_valid
+    assert (seen["timestep"][clean] == 0).all() and (seen["timestep"][~clean] >= 0).all()
+    torch.testing.assert_close(seen["sample"][clean], latents[clean])
+    grad = seen["pred"].grad.abs().sum(dim=(2, 3, 4))
+    assert (grad[clean] == 0).all() and (grad[~valid] == 0).all()
+    assert (grad[valid & ~clean] > 0).all()
+    # sampled subsets: never all valid layers, never padded ones
+    torch.manual_seed(0)
+    sampled = LayeredDiffusionModule.sample_clean_layers(module, valid.repeat(500, 1))
+    assert not (sampled & ~valid.repeat(500, 1)).any()
+    assert ((valid.repeat(500, 1) & ~sampled).sum(1) >= 1).all()
+    assert sampled.any()
+
+
+def test_fit_resume_and_export(assets, tmp_path):
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu", "max_steps": 2, "limit_val_batches": 1, "val_check_interval": 2,
+            "enable_progress_bar": False, "enable_model_summary": False,
+            "default_root_dir": str(tmp_path),
+            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                       "init_args": {"save_dir": str(tmp_path / "logs")}},
+            "callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}},
+                {"class_path": "layergen.lit.callbacks.SavePretrained",
+                 "init_args": {"dirpath": str(tmp_path / "pipeline")}},
+            ],
+        },
+        "model": {"class_path": "layergen.lit.diffusion.LayeredDiffusionModule",
+                  "init_args": {"autoencoder": str(assets / "ae"), "text_encoder": str(assets / "te"),
+                                "unet_config": UNET_CONFIG, "prompt_enhancer_heads": 2,
+                                "ema_decay": 0.5, "warmup_steps": 1, "lr": 1e-3,
+                                "clean_layers_prob": 0.5}},
+        "data": {"class_path": "layergen.data.LayeredDataModule",
+                 "init_args": {"image_size": 32, "num_train": 4, "num_val": 2, "batch_size": 2}},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli = cli_main(args=["fit", "--config", str(path)])
+    module = cli.model
+    assert cli.trainer.global_step == 2
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    assert "val/loss" in cli.trainer.callback_metrics
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert not any(k.startswith(("autoencoder.", "text_encoder.")) for k in ckpt["state_dict"])
+    assert int(ckpt["state_dict"]["ema_unet.n_averaged"]) == 2
+    # the EMA differs from the trained weights and is what the pipeline directory holds
+    name = "unet.conv_in.weight"
+    assert not torch.equal(module.unet.state_dict()[name], module.ema_unet.module.state_dict()[name])
+    exported = LayeredUNet.from_pretrained(tmp_path / "pipeline" / "unet")
+    torch.testing.assert_close(exported.state_dict()[name], module.ema_unet.module.state_dict()[name])
+    index = json.loads((tmp_path / "pipeline" / "model_index.json").read_text())
+    assert index["_class_name"] == "LayeredDiffusionPipeline"
+    assert {"unet", "autoencoder", "text_encoder", "tokenizer", "scheduler"} <= set(index)
+    assert index["scheduler"][1] == "DDIMScheduler"
+    load_autoencoder(tmp_path / "pipeline", subfolder="autoencoder")
+
+    # resume from last.ckpt: training continues at step 2 with the EMA restored
+    config["trainer"]["max_steps"] = 3
+    path.write_text(yaml.safe_dump(config))
+    cli = cli_main(args=["fit", "--config", str(path), "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")])
+    assert cli.trainer.global_step == 3
+    assert int(cli.model.ema_unet.n_averaged) == 3
+
+
+def test_cached_latents_train_like_images(assets, tmp_path):
+    scenes = ShapeScenes(size=32, min_foregrounds=1, max_foregrounds=2, seed=0, length=4)
+    shards = write_shards(scenes, tmp_path / "shards", shard_size=4)
+    cache_latents_command.main([
+        "--shards", shards[0], "--out", str(tmp_path / "latents"), "--autoencoder", str(assets / "ae"),
+        "--text-encoder", str(assets / "te"), "--batch-size", "3",
+    ])
+    paths = sorted(str(p) for p in (tmp_path / "latents").glob("*.tar"))
+    assert len(paths) == 1 and not list((tmp_path / "latents").glob("*.tmp"))
+    data = LatentDataModule(str(paths[0]), str(assets / "te"), val_shards=str(paths[0]), batch_size=4,
+                            shuffle_buffer=0)
+    data.setup("fit")
+    batch = next(iter(data.val_dataloader()))
+    module = make_module(assets)
+    images = LayeredBatch.collate(list(read_shards(shards)), num_layers=3)  # 8-bit PNG round trip
+    cached = module.prepare_batch(batch)
+    direct = module.prepare_batch(images)
+    assert batch.keys == [f"{i:09d}" for i in range(4)]
+    assert torch.equal(batch.layer_valid, images.layer_valid)
+    valid = images.layer_valid
+    torch.testing.assert_close(cached[0][valid], direct[0][valid], atol=1e-5, rtol=0)
+    torch.testing.assert_close(cached[1], direct[1], atol=2e-3, rtol=0)  # stored as float16
+    torch.testing.assert_close(cached[2][valid], direct[2][valid], atol=2e-3, rtol=0)
+    loss = module.diffusion_loss(module.unet, batch)
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(assets, tmp_path):
+    config = {
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_steps": 2,
+                    "default_root_dir": str(tmp_path),
+                    "limit_val_batches": 1, "val_check_interval": 2, "logger": False,
+                    "enable_checkpointing": False, "enable_progress_bar": False},
+        "model": {"class_path": "layergen.lit.diffusion.LayeredDiffusionModule",
+                  "init_args": {"autoencoder": str(assets / "ae"), "text_encoder": str(assets / "te"),
+                                "unet_config": UNET_CONFIG, "prompt_enhancer_heads": 2}},
+        "data": {"class_path": "layergen.data.LayeredDataModule",
+                 "init_args": {"image_size": 32, "num_train": 8, "num_val": 4, "batch_size": 2}},
+    }
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    train = Path(__file__).resolve().parents[1] / "train.py"
+    result = subprocess.run([sys.executable, str(train), "fit", "--config", str(path)],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "max_steps=2" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("layout", ["stacked", "folded"])
+def test_stacked_sd_autoencoder_layouts(assets, tmp_path, layout):
+    torch.manual_seed(0)
+    StackedSDAutoencoder(vae_config=dict(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[8, 16],
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+        layers_per_block=1, norm_num_groups=4, sample_size=32,
+    )).save_pretrained(tmp_path / "sd_ae")
+    if layout == "stacked":  # LayerDiff on the SD VAE: (B, 5, 4, h, w) -> (B, 3, 8, h, w)
+        options = dict(mask_channels=4, latent_layout="stacked", clean_layers_prob=1.0)
+        unet_config = UNET_CONFIG
+    else:  # SD-AE-UNet: 5 latent layers folded into 20 channels
+        options = dict(layer_blocks=False, prompt_enhancer="none", latent_layout="folded")
+        unet_config = {**UNET_CONFIG, "in_channels": 20, "out_channels": 20}
+    module = make_module(assets, autoencoder=str(tmp_path / "sd_ae"), unet_config=unet_config, **options)
+    batch = scene_batch()
+    latents, _, _, valid = module.prepare_batch(batch)
+    assert latents.shape == (2, 5, 4, 16, 16)
+    loss = module.diffusion_loss(module.unet, batch)
+    assert torch.isfinite(loss) and loss > 0
+    loss.backward()
+    assert all(p.grad is not None for p in module.unet.unet.down_blocks.parameters())

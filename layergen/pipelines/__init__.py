@@ -1,0 +1,21 @@
+"""Inference: the layered diffusion pipeline, layer editing and layer-prompt parsing."""
+
+from layergen.pipelines.editing import merge_kept_layers
+from layergen.pipelines.generation import edit_to_file, generate_to_file, load_pipeline
+from layergen.pipelines.layer_prompts import derive_layer_prompts
+from layergen.pipelines.layered_diffusion import (
+    LayeredDiffusionPipeline,
+    LayeredPipelineOutput,
+    layerdiff_negative_prompts,
+)
+
+__all__ = [
+    "LayeredDiffusionPipeline",
+    "LayeredPipelineOutput",
+    "derive_layer_prompts",
+    "edit_to_file",
+    "generate_to_file",
+    "layerdiff_negative_prompts",
+    "load_pipeline",
+    "merge_kept_layers",
+]

@@ -1,0 +1,67 @@
+"""Tiny pipeline components for the pipeline and generate.py tests (diffusers-test style)."""
+
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler
+
+from layergen.data.shapes import vocabulary
+from layergen.models import LayeredAutoencoder, PerLayerAutoencoder
+from layergen.models.layered_unet import LayeredUNet
+from layergen.models.text_encoder import build_tiny_text_encoder, load_text_encoder
+from layergen.pipelines import LayeredDiffusionPipeline
+
+SIZE = 16  # image side; latents are 8x8 (f = 2)
+
+
+def tiny_unet_config(in_channels: int = 4) -> dict:
+    return {
+        "sample_size": SIZE // 2,
+        "in_channels": in_channels,
+        "out_channels": in_channels,
+        "block_out_channels": (8, 16),
+        "layers_per_block": 1,
+        "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+        "cross_attention_dim": 32,
+        "attention_head_dim": 2,
+        "norm_num_groups": 4,
+    }
+
+
+def tiny_pipeline(tmp_path: Path, joint: bool = False) -> LayeredDiffusionPipeline:
+    """Per-layer (LayerDiff) or joint (Text2Layer, K = 1) tiny pipeline, eval mode, CPU."""
+    text_dir = tmp_path / "text"
+    if not (text_dir / "text_encoder").exists():
+        build_tiny_text_encoder(text_dir, vocabulary())
+    tokenizer, text_encoder = load_text_encoder(str(text_dir))
+    torch.manual_seed(0)
+    ae_args = dict(
+        latent_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        mid_block_add_attention=False,
+    )
+    autoencoder = (
+        LayeredAutoencoder(num_foregrounds=1, **ae_args)
+        if joint
+        else PerLayerAutoencoder(**ae_args)
+    )
+    torch.manual_seed(0)
+    unet = LayeredUNet(
+        unet_config=tiny_unet_config(),
+        layer_blocks=not joint,
+        prompt_enhancer_heads=2,
+        max_layers=4,
+    )
+    scheduler = DDIMScheduler(prediction_type="v_prediction", beta_schedule="squaredcos_cap_v2")
+    pipe = LayeredDiffusionPipeline(
+        autoencoder=autoencoder.eval(),
+        unet=unet.eval(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,103 @@
+import json
+
+import pytest
+import torch
+from pipeline_components import tiny_pipeline
+from test_metrics import TinyFeatures
+
+import evaluate
+from layergen.data.shapes import ShapeScenes
+from layergen.metrics import FidelityMetrics
+from layergen.metrics.evaluation import (
+    EvaluationSettings,
+    check_resume,
+    load_references,
+    run_evaluation,
+)
+from layergen.metrics.samples import SampleStore, sample_key
+
+
+class CountingPipe:
+    """Wraps a pipeline and counts the prompts it is asked to generate."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.prompts = 0
+
+    def __call__(self, **kwargs):
+        self.prompts += len(kwargs["prompt"])
+        return self.pipe(**kwargs)
+
+
+def _half_mask(composites):
+    mask = torch.zeros(composites.shape[0], 1, *composites.shape[-2:])
+    mask[..., : composites.shape[-2] // 2, :] = 1.0
+    return mask
+
+
+def test_run_evaluation_reports_and_resume(tmp_path):
+    pipe = CountingPipe(tiny_pipeline(tmp_path / "models"))
+    references = load_references("synthetic", 4, size=32, min_foregrounds=1, max_foregrounds=2)
+    settings = EvaluationSettings(model="tiny", num_samples=4, steps=1, guidance=1.0, batch_size=2, clip_model=None)
+    out = tmp_path / "eval"
+
+    def run():
+        fidelity = FidelityMetrics(feature=TinyFeatures(), image_size=16)
+        return run_evaluation(pipe, references, out, settings, saliency=_half_mask, fidelity=fidelity)
+
+    result = run()
+    assert pipe.prompts == 4
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert metrics["all"]["num_samples"] == 4 and "fid" in metrics["all"]
+    assert {"mask_iou_saliency", "mask_iou_reference"} <= set(metrics["all"])
+    groups = [g for g in metrics if g != "all"]
+    assert groups and sum(metrics[g]["num_samples"] for g in groups) == 4
+    report = (out / "report.md").read_text()
+    assert "| all | 4 |" in report and "mask_iou_saliency" in report
+    assert (out / "grids" / "all.png").is_file()
+    assert list(result["paths"]["tensorboard"].glob("events.out.tfevents*"))
+    assert SampleStore(out / "samples").done() == {sample_key(i) for i in range(4)}
+    first = SampleStore(out / "samples").load(sample_key(1))
+    assert first.prompt == references[1].prompt and first.num_layers == references[1].num_layers
+
+    run()  # everything is there: nothing is generated again
+    assert pipe.prompts == 4
+    SampleStore(out / "samples").path(sample_key(2)).unlink()
+    rerun = run()
+    assert pipe.prompts == 5  # only the missing sample
+    assert rerun["metrics"]["all"]["mask_iou_reference"] == pytest.approx(metrics["all"]["mask_iou_reference"])
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    check_resume(tmp_path, EvaluationSettings(model="a", steps=2))
+    check_resume(tmp_path, EvaluationSettings(model="a", steps=2, batch_size=4))  # not a generation key
+    with pytest.raises(ValueError, match="steps=2"):
+        check_resume(tmp_path, EvaluationSettings(model="a", steps=3))
+
+
+def test_joint_models_keep_matching_layer_counts():
+    refs = load_references("synthetic", 3, size=32, max_foregrounds=3, num_layers=2)
+    assert [r.num_layers for r in refs] == [2, 2, 2]
+
+
+def test_shard_references(tmp_path):
+    from layergen.data.shards import write_shards
+
+    scenes = ShapeScenes(size=32, min_foregrounds=1, max_foregrounds=2, split="test", length=5)
+    write_shards([scenes[i] for i in range(5)], tmp_path / "shards")
+    refs = load_references(str(tmp_path / "shards"), 3)
+    assert len(refs) == 3 and refs[0].prompt == scenes[0].prompt
+    with pytest.raises(FileNotFoundError, match="no .tar shards"):
+        load_references(str(tmp_path), 3)
+
+
+def test_cli_end_to_end_and_missing_weights(tmp_path, capsys):
+    model_dir = tmp_path / "pipe"
+    tiny_pipeline(tmp_path / "models").save_pretrained(model_dir)
+    args = ["--model", str(model_dir), "--num-samples", "2", "--steps", "1", "--guidance", "1",
+            "--batch-size", "2", "--out", str(tmp_path / "eval"), "--no-clip", "--saliency", "none"]
+    assert evaluate.main([*args, "--no-fid"]) == 0
+    assert "| all | 2 |" in capsys.readouterr().out
+    assert evaluate.main([*args, "--inception-weights", str(tmp_path / "missing.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "weights-inception-2015-12-05" in err and "--inception-weights" in err

@@ -10,6 +10,7 @@ from diffusers import AutoencoderKL
 
 from layergen.layers import LayeredImageError, composite_layers
 from layergen.models import (
+    CompositeAutoencoder,
     LayeredAutoencoder,
     PerLayerAutoencoder,
     StackedSDAutoencoder,
@@ -141,6 +142,33 @@ def test_stacked_sd_autoencoder(tmp_path):
     loaded = load_autoencoder(tmp_path / "stacked")
     assert isinstance(loaded, StackedSDAutoencoder) and loaded.config.latent_channels == 4
     assert torch.allclose(loaded.decode(z).images, out.images, atol=1e-5)
+
+
+def test_composite_autoencoder_encodes_the_composite_only(tmp_path):
+    vae = _tiny_vae(tmp_path / "vae").eval()
+    model = CompositeAutoencoder.from_vae(str(tmp_path / "vae"))
+    assert model.composite_only and not any(p.requires_grad for p in model.parameters())
+    images, masks = _batch()
+    z = model.encode(images, masks).latent_dist.mode()
+    assert z.shape == (2, 1, 4, 8, 8) and model.latent_num_layers(3) == 1
+    expected = vae.encode(composite_layers(images, masks)).latent_dist.mode()
+    assert torch.allclose(z[:, 0], expected, atol=1e-5)
+    out = model.decode(z, num_layers=3)
+    _check_decoded(out, 2, 3, 16)
+    # all background: every layer is the decoded composite, the foreground masks are empty
+    assert torch.allclose(out.composite, vae.decode(z[:, 0]).sample, atol=1e-5)
+    assert torch.equal(out.images, out.composite[:, None].expand_as(out.images))
+    assert out.masks[:, 0].eq(1).all() and out.masks[:, 1:].eq(0).all()
+    assert torch.equal(composite_layers(out.images, out.masks), out.composite)
+    assert model.decode(z).images.shape[1] == 2
+    with pytest.raises(ValueError, match="num_layers"):
+        model.decode(z, num_layers=1)
+    with pytest.raises(LayeredImageError, match="masks"):
+        model.encode(images, masks[:, :2])
+    model.save_pretrained(tmp_path / "composite")
+    loaded = load_autoencoder(tmp_path / "composite")
+    assert isinstance(loaded, CompositeAutoencoder) and loaded.config.latent_channels == 4
+    assert torch.allclose(loaded.decode(z).composite, out.composite, atol=1e-5)
 
 
 def test_init_from_sd_vae_copies_body_and_expands_input(tmp_path):

@@ -106,6 +106,18 @@ def test_score_generated_rejects_layer_mismatch():
         score_generated([other[0]], [scenes[0]], probe, seg)
 
 
+def test_score_generated_composite_only_leaves_out_layer_metrics():
+    scenes = ShapeScenes(size=32, min_foregrounds=1, max_foregrounds=2, split="test", length=6)
+    refs = [scenes[i] for i in range(6)]
+    probe, seg = ShapeProbe(channels=(8, 16)), ForegroundSegmenter(channels=(4, 8, 8))
+    full = score_generated(refs, refs, probe, seg)
+    composite = score_generated(refs, refs, probe, seg, composite_only=True)
+    assert {"layer_adherence", "bg_family_acc", "mask_iou_segmenter", "fd_layers"} <= set(full["all"])
+    assert set(composite["all"]) == {"num_samples", "fd_composite"}
+    assert composite["all"]["fd_composite"] == full["all"]["fd_composite"]
+    assert composite["all"]["num_samples"] == 6
+
+
 @pytest.mark.slow
 def test_probe_and_segmenter_reach_accuracy(tmp_path, capsys):
     """Trains the benchmark's probe and segmenter with their defaults (a few minutes on 1 CPU)."""

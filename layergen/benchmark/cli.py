@@ -104,14 +104,15 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         return {"kind": kind, "setting": setting, "columns": list(AUTOENCODER_COLUMNS), "summary": summary}
     probe = load_or_train_probe(size, max(max_fg, 2), args.seed, args.cache_dir, args.retrain)
     segmenter = load_or_train_segmenter(size, max(max_fg, 2), args.seed, args.cache_dir, args.retrain)
-    consistency = None
+    consistency, composite_only = None, False
     if kind == GROUND_TRUTH:
         generated = references
     else:
         generated, consistency = generate_for_scenes(model, references, args.steps, args.guidance,
                                                      args.seed, args.batch_size)
         setting.update(steps=args.steps, guidance=args.guidance)
-    summary = score_generated(generated, references, probe, segmenter, consistency)
+        composite_only = getattr(model.autoencoder, "composite_only", False)
+    summary = score_generated(generated, references, probe, segmenter, consistency, composite_only)
     return {"kind": kind, "setting": setting, "columns": list(GENERATOR_COLUMNS), "summary": summary}
 
 

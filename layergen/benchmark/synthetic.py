@@ -13,6 +13,10 @@ attributes, so layered models can be scored without human labels or downloads:
   autoencoders: the decoded composite vs the composite of the decoded layers, PSNR) and a
   Fréchet distance in the probe's feature space (foreground layers and composites).
 
+A composite-only model (the text-to-image baseline, ``CompositeAutoencoder``) is scored on
+its composite alone: composite PSNR, and the composite Fréchet distance; its layer metrics
+are left out (reported as n/a).
+
 Every metric is broken down by layer count. PSNR is computed on [0, 1] images.
 """
 
@@ -75,11 +79,13 @@ def autoencoder_metrics(
     """Reconstruction metrics of a layered autoencoder on ground-truth scenes.
 
     Scenes are collated (padded) to the autoencoder's fixed L when it has one, encoded
-    (posterior mode) and decoded; only valid layers are scored.
+    (posterior mode) and decoded; only valid layers are scored. A composite-only
+    autoencoder gets ``psnr_composite`` alone.
     """
     autoencoder.eval()
     device = next(autoencoder.parameters()).device
     fixed = None if autoencoder.per_layer else getattr(autoencoder, "num_layers", None)
+    composite_only = getattr(autoencoder, "composite_only", False)
     breakdown = Breakdown()
     for start in range(0, len(scenes), batch_size):
         chunk = list(scenes[start:start + batch_size])
@@ -95,6 +101,8 @@ def autoencoder_metrics(
             breakdown.count(n)
             truth = sample.composite()[None]
             breakdown.add("psnr_composite", psnr(composite[b:b + 1], truth), n)
+            if composite_only:
+                continue
             if out.composite is not None and getattr(autoencoder, "auxiliary_head", None) is not None:
                 head = out.composite[b:b + 1].float().clamp(-1, 1).cpu()
                 breakdown.add("psnr_composite_head", psnr(head, truth), n)
@@ -142,6 +150,7 @@ def score_generated(
     probe: ShapeProbe,
     segmenter: ForegroundSegmenter,
     consistency: Sequence[float] | None = None,
+    composite_only: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Score generated layered images against the scenes whose prompts produced them.
 
@@ -151,6 +160,8 @@ def score_generated(
         probe: the attribute probe.
         segmenter: the reference-mask segmenter.
         consistency: optional per-sample composite-consistency PSNR (joint autoencoders).
+        composite_only: score the composites alone (``fd_composite``), for a text-to-image
+            model whose layers are only its composite; the layer metrics are left out.
     """
     if len(generated) != len(references):
         raise ValueError(f"generated: expected {len(references)} images, got {len(generated)}")
@@ -162,6 +173,12 @@ def score_generated(
         if image.num_layers != n:
             raise ValueError(f"generated[{index}]: {image.num_layers} layers, the prompt has {n}")
         breakdown.count(n)
+        groups.append(str(n))
+        composite = image.composite()[None]
+        gen_comp.append(background_input(composite, size))
+        ref_comp.append(background_input(ref.composite()[None], size))
+        if composite_only:
+            continue
         truth = ref.metadata["foregrounds"]
         predicted = probe.predict_foregrounds(image)
         for attribute in ("shape", "color", "size"):
@@ -173,18 +190,16 @@ def score_generated(
         bg_pred = probe.predict_backgrounds(image.background[None], [len(bg_truth["colors"])])[0]
         breakdown.add("bg_family_acc", float(bg_pred["family"] == bg_truth["family"]), n)
         breakdown.add("bg_color_acc", float(bg_pred["colors"] == sorted(bg_truth["colors"])), n)
-        composite = image.composite()[None]
         breakdown.add("mask_iou_segmenter", mask_iou(foreground_union(image)[None],
                                                      segmenter.saliency(composite)), n)
         if consistency is not None:
             breakdown.add("consistency_psnr", consistency[index], n)
-        groups.append(str(n))
         gen_layers.append(foreground_input(image.foregrounds, image.masks, size))
         ref_layers.append(foreground_input(ref.foregrounds, ref.masks, size))
-        gen_comp.append(background_input(composite, size))
-        ref_comp.append(background_input(ref.composite()[None], size))
-    fd = _frechet_by_group(probe, groups, {"fd_layers": (gen_layers, ref_layers),
-                                           "fd_composite": (gen_comp, ref_comp)})
+    sets = {"fd_composite": (gen_comp, ref_comp)}
+    if not composite_only:
+        sets["fd_layers"] = (gen_layers, ref_layers)
+    fd = _frechet_by_group(probe, groups, sets)
     breakdown.merge(fd)
     return breakdown.summary()
 

@@ -3,6 +3,7 @@ from layergen.models.autoencoder_outputs import (  # noqa: F401
     LayeredDiagonalGaussian,
     LayeredEncoderOutput,
 )
+from layergen.models.composite_autoencoder import CompositeAutoencoder  # noqa: F401
 from layergen.models.discriminator import PatchDiscriminator  # noqa: F401
 from layergen.models.layer_attention import (  # noqa: F401
     InterLayerAttention,

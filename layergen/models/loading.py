@@ -8,18 +8,20 @@ from typing import Any
 
 from diffusers import ModelMixin
 
+from layergen.models.composite_autoencoder import CompositeAutoencoder
 from layergen.models.layer_autoencoder import PerLayerAutoencoder
 from layergen.models.layered_autoencoder import LayeredAutoencoder
 from layergen.models.sd_autoencoder import StackedSDAutoencoder
 
 AUTOENCODER_CLASSES: dict[str, type[ModelMixin]] = {
-    cls.__name__: cls for cls in (LayeredAutoencoder, PerLayerAutoencoder, StackedSDAutoencoder)
+    cls.__name__: cls
+    for cls in (LayeredAutoencoder, PerLayerAutoencoder, StackedSDAutoencoder, CompositeAutoencoder)
 }
 
 
 def load_autoencoder(
     path: str | Path, subfolder: str | None = None, **kwargs: Any
-) -> LayeredAutoencoder | PerLayerAutoencoder | StackedSDAutoencoder:
+) -> LayeredAutoencoder | PerLayerAutoencoder | StackedSDAutoencoder | CompositeAutoencoder:
     """Load a layered autoencoder directory written by ``save_pretrained``.
 
     Args:

@@ -11,18 +11,30 @@ classes (``ModelMixin``) looked up in that same module. This module holds both, 
 
 from diffusers import ModelMixin
 
-from layergen.models import LayeredAutoencoder, PerLayerAutoencoder, StackedSDAutoencoder
+from layergen.models import (
+    CompositeAutoencoder,
+    LayeredAutoencoder,
+    PerLayerAutoencoder,
+    StackedSDAutoencoder,
+)
 from layergen.models.layered_unet import LayeredUNet
 
 COMPONENTS_LIBRARY = __name__
 COMPONENT_CLASSES: dict[str, type[ModelMixin]] = {
     cls.__name__: cls
-    for cls in (LayeredAutoencoder, PerLayerAutoencoder, StackedSDAutoencoder, LayeredUNet)
+    for cls in (
+        LayeredAutoencoder,
+        PerLayerAutoencoder,
+        StackedSDAutoencoder,
+        CompositeAutoencoder,
+        LayeredUNet,
+    )
 }
 
 __all__ = [
     "COMPONENTS_LIBRARY",
     "COMPONENT_CLASSES",
+    "CompositeAutoencoder",
     "LayeredAutoencoder",
     "LayeredUNet",
     "ModelMixin",

@@ -82,8 +82,9 @@ class LayeredDiffusionPipeline(LayeredEditingMixin, DiffusionPipeline):
     """Generate (and edit) layered images from text.
 
     Args:
-        autoencoder: a layered autoencoder (``PerLayerAutoencoder``, ``LayeredAutoencoder``
-            or ``StackedSDAutoencoder``) mapping layers to latents ``(B, L', C, h, w)``.
+        autoencoder: a layered autoencoder (``PerLayerAutoencoder``, ``LayeredAutoencoder``,
+            ``StackedSDAutoencoder`` or the text-to-image baseline's ``CompositeAutoencoder``)
+            mapping layers to latents ``(B, L', C, h, w)``.
         unet: the layer-collaborative UNet; ``unet.config.layer_blocks`` False is the plain
             Text2Layer UNet (layer prompts are then only labels).
         text_encoder: frozen CLIP text model ``T``.
@@ -226,10 +227,11 @@ class LayeredDiffusionPipeline(LayeredEditingMixin, DiffusionPipeline):
                 )
         lengths = {len(lp) for lp in layer_prompts}
         one_latent_per_layer = self.autoencoder.latent_num_layers(max(lengths)) == max(lengths)
-        if len(lengths) > 1 and not one_latent_per_layer:
+        latent_layers = {self.autoencoder.latent_num_layers(n) for n in lengths}
+        if len(latent_layers) > 1 and not one_latent_per_layer:
             raise ValueError(
                 "layer_prompts: prompts with different numbers of layers can only be batched with "
-                f"one latent layer per layer; got L = {sorted(lengths)}"
+                f"one latent layer per layer or a fixed L'; got L = {sorted(lengths)}"
             )
         factor = self.latent_factor
         if height % factor or width % factor or height <= 0 or width <= 0:

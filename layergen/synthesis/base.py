@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,6 +201,32 @@ class SynthesisStats:
 def reason_category(reason: str | None) -> str:
     """The category of a rejection reason: the text before the first ``":"``."""
     return (reason or "").split(":", 1)[0].strip()
+
+
+class BackendStage(SynthesisStage):
+    """A stage that wraps one backend and records its class, version and settings."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "backend": type(self.backend).__name__,
+            "backend_version": self.backend.version,
+            **self.backend.settings(),
+        }
+
+    def to(self, device: torch.device | str) -> BackendStage:
+        self.backend = self.backend.to(device)
+        return self
+
+
+def grouped(records: list[SynthesisRecord]) -> Iterator[list[SynthesisRecord]]:
+    """Records grouped by image size, so that each group stacks into one batch."""
+    groups: dict[tuple[int, ...], list[SynthesisRecord]] = defaultdict(list)
+    for record in records:
+        groups[tuple(record.image.shape)].append(record)
+    yield from groups.values()
 
 
 class SynthesisChain:

@@ -27,7 +27,13 @@ from layergen.synthesis.backends.detection import DetectionBackend, SaliencyComp
 from layergen.synthesis.backends.inpainting import InpaintingBackend, OpenCVInpainting
 from layergen.synthesis.backends.saliency import ContrastSaliency, SaliencyBackend
 from layergen.synthesis.backends.segmentation import GrabCutSegmentation, SegmentationBackend
-from layergen.synthesis.base import SynthesisChain, SynthesisRecord, SynthesisStage
+from layergen.synthesis.base import (
+    BackendStage,
+    SynthesisChain,
+    SynthesisRecord,
+    SynthesisStage,
+    grouped,
+)
 from layergen.synthesis.layering import (
     FOREGROUND_DILATION,
     OVERLAP_THRESHOLD,
@@ -35,7 +41,6 @@ from layergen.synthesis.layering import (
     InpaintSaliencyCheckStage,
     LayeringStage,
     LayerSelectionStage,
-    grouped,
 )
 from layergen.synthesis.phrases import (
     DEFAULT_BACKGROUND_WORDS,
@@ -44,21 +49,7 @@ from layergen.synthesis.phrases import (
 )
 
 
-class _BackendStage(SynthesisStage):
-    """A stage that wraps one backend and records its class, version and settings."""
-
-    def __init__(self, backend: Any) -> None:
-        self.backend = backend
-
-    def settings(self) -> dict[str, Any]:
-        return {"backend": type(self.backend).__name__, "backend_version": self.backend.version, **self.backend.settings()}
-
-    def to(self, device: torch.device | str) -> _BackendStage:
-        self.backend = self.backend.to(device)
-        return self
-
-
-class CaptionStage(_BackendStage):
+class CaptionStage(BackendStage):
     """The global prompt: ``record.caption`` replaced by the captioning backend's output."""
 
     name = "caption"
@@ -68,7 +59,9 @@ class CaptionStage(_BackendStage):
 
     def process(self, records: list[SynthesisRecord]) -> None:
         for group in grouped(records):
-            captions = self.backend(torch.stack([r.image for r in group]), [r.caption for r in group])
+            captions = self.backend(
+                torch.stack([r.image for r in group]), [r.caption for r in group]
+            )
             for record, caption in zip(group, captions):
                 record.caption = caption
 
@@ -117,7 +110,7 @@ class PhraseStage(SynthesisStage):
                 record.reject(f"no_phrases: no object phrase in caption {record.caption!r}")
 
 
-class SaliencyStage(_BackendStage):
+class SaliencyStage(BackendStage):
     """The salient mask ``s`` ``(1, H, W)`` in [0, 1], stored as ``extras["saliency"]``."""
 
     name = "saliency"
@@ -131,7 +124,7 @@ class SaliencyStage(_BackendStage):
                 record.extras["saliency"] = mask
 
 
-class DetectionStage(_BackendStage):
+class DetectionStage(BackendStage):
     """Boxes for the phrases: ``extras["boxes"]`` ``(N, 4)``, ``extras["phrases_detected"]``
     and ``extras["object_scores"]["detection_score"]``; rejects records without a box."""
 
@@ -146,14 +139,18 @@ class DetectionStage(_BackendStage):
             saliency = torch.stack([r.extras["saliency"] for r in group])
             detections = self.backend(images, [r.extras["phrases"] for r in group], saliency)
             for record, found in zip(group, detections):
-                record.extras["boxes"] = torch.tensor([d.box for d in found], dtype=torch.float32).reshape(-1, 4)
+                record.extras["boxes"] = torch.tensor(
+                    [d.box for d in found], dtype=torch.float32
+                ).reshape(-1, 4)
                 record.extras["phrases_detected"] = [d.phrase for d in found]
-                record.extras["object_scores"] = {"detection_score": torch.tensor([d.score for d in found])}
+                record.extras["object_scores"] = {
+                    "detection_score": torch.tensor([d.score for d in found])
+                }
                 if not found:
                     record.reject("no_detection: the detector found none of the phrases")
 
 
-class SegmentationStage(_BackendStage):
+class SegmentationStage(BackendStage):
     """Masks from the boxes: ``extras["object_masks"]`` ``(N, 1, H, W)`` in {0, 1} and
     ``extras["object_scores"]["mask_score"]``."""
 
@@ -171,7 +168,7 @@ class SegmentationStage(_BackendStage):
                 record.extras["object_scores"]["mask_score"] = scores.float().cpu()
 
 
-class DepthStage(_BackendStage):
+class DepthStage(BackendStage):
     """The depth map ``(1, H, W)`` in [0, 1], larger = farther, as ``extras["depth"]``."""
 
     name = "depth"
@@ -239,7 +236,12 @@ class LayerDiffChain(SynthesisChain):
         words = DEFAULT_BACKGROUND_WORDS if background_words is None else background_words
         stages: list[SynthesisStage] = [
             CaptionStage(captioning or SourceCaption()),
-            PhraseStage(NounPhraseExtractor(spacy_model), BackgroundWordFilter(words), max_phrases, require_phrases),
+            PhraseStage(
+                NounPhraseExtractor(spacy_model),
+                BackgroundWordFilter(words),
+                max_phrases,
+                require_phrases,
+            ),
             SaliencyStage(saliency),
             DetectionStage(detection),
             SegmentationStage(segmentation),

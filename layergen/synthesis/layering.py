@@ -22,8 +22,7 @@ records (:class:`~layergen.synthesis.base.SynthesisRecord`).
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -32,7 +31,7 @@ from torch import Tensor
 from layergen.layers import BACKGROUND_PROMPT, visible_masks
 from layergen.synthesis.backends.inpainting import InpaintingBackend
 from layergen.synthesis.backends.saliency import SaliencyBackend
-from layergen.synthesis.base import SynthesisRecord, SynthesisStage
+from layergen.synthesis.base import BackendStage, SynthesisRecord, SynthesisStage, grouped
 from layergen.synthesis.text2layer import dilate_mask, extract_foreground
 
 OVERLAP_THRESHOLD = 0.1
@@ -129,14 +128,6 @@ def region_saliency(saliency: Tensor, regions: Tensor) -> Tensor:
     return torch.where(area > 0, total / area.clamp_min(1e-8), torch.zeros_like(area))
 
 
-def grouped(records: list[SynthesisRecord]) -> Iterator[list[SynthesisRecord]]:
-    """Records grouped by image size, so that each group stacks into one batch."""
-    groups: dict[tuple[int, ...], list[SynthesisRecord]] = defaultdict(list)
-    for record in records:
-        groups[tuple(record.image.shape)].append(record)
-    yield from groups.values()
-
-
 class LayerSelectionStage(SynthesisStage):
     """Keeps the object masks that overlap the salient mask by more than ``threshold``.
 
@@ -164,7 +155,11 @@ class LayerSelectionStage(SynthesisStage):
         for record in records:
             masks = record.extras["object_masks"]
             overlap = saliency_overlap(masks, record.extras["saliency"])
-            keep = [i for i in torch.argsort(overlap, descending=True, stable=True).tolist() if overlap[i] > self.threshold]
+            keep = [
+                i
+                for i in torch.argsort(overlap, descending=True, stable=True).tolist()
+                if overlap[i] > self.threshold
+            ]
             keep = sorted(keep[: self.max_foregrounds])
             record.extras["object_masks"] = masks[keep]
             record.extras["saliency_overlap"] = overlap[keep]
@@ -173,7 +168,9 @@ class LayerSelectionStage(SynthesisStage):
                 name: values[keep] for name, values in record.extras["object_scores"].items()
             }
             if not keep:
-                record.reject(f"no_salient_object: no mask overlaps the salient mask by more than {self.threshold}")
+                record.reject(
+                    f"no_salient_object: no mask overlaps the salient mask by more than {self.threshold}"
+                )
 
 
 class LayeringStage(SynthesisStage):
@@ -195,7 +192,10 @@ class LayeringStage(SynthesisStage):
     name = "layering"
 
     def __init__(
-        self, foreground_dilation: int = FOREGROUND_DILATION, inpaint_dilation: int = 15, min_layer_area: float = 0.001
+        self,
+        foreground_dilation: int = FOREGROUND_DILATION,
+        inpaint_dilation: int = 15,
+        min_layer_area: float = 0.001,
     ) -> None:
         self.foreground_dilation = foreground_dilation
         self.inpaint_dilation = inpaint_dilation
@@ -233,7 +233,7 @@ class LayeringStage(SynthesisStage):
                     record.scores[f"layer{position}/{name}"] = float(value[index])
 
 
-class BackgroundInpaintingStage(SynthesisStage):
+class BackgroundInpaintingStage(BackendStage):
     """``B``: the image inpainted under ``inpaint_mask`` (appendix A.2).
 
     The prompt is empty and the negative prompt is the foreground layer prompts joined
@@ -251,21 +251,15 @@ class BackgroundInpaintingStage(SynthesisStage):
     name = "inpainting"
 
     def __init__(self, backend: InpaintingBackend, prompt: str = "") -> None:
-        self.backend = backend
+        super().__init__(backend)
         self.prompt = prompt
 
     def settings(self) -> dict[str, Any]:
         return {
-            "backend": type(self.backend).__name__,
-            "backend_version": self.backend.version,
+            **super().settings(),
             "prompt": self.prompt,
             "negative_prompt": "foreground layer prompts",
-            **self.backend.settings(),
         }
-
-    def to(self, device: torch.device | str) -> BackgroundInpaintingStage:
-        self.backend = self.backend.to(device)
-        return self
 
     def process(self, records: list[SynthesisRecord]) -> None:
         for group in grouped(records):
@@ -274,13 +268,17 @@ class BackgroundInpaintingStage(SynthesisStage):
             negatives = [negative_prompt(record.layer_prompts[1:]) for record in group]
             for record, negative in zip(group, negatives):
                 record.extras["negative_prompt"] = negative
-            backgrounds = self.backend(images, holes, [self.prompt] * len(group), negative_prompts=negatives)
+            backgrounds = self.backend(
+                images, holes, [self.prompt] * len(group), negative_prompts=negatives
+            )
             for record, background in zip(group, backgrounds):
                 covered = record.masks.sum(dim=0) > 0  # (1, H, W)
-                record.background = torch.where(covered, background.to(record.image.dtype), record.image)
+                record.background = torch.where(
+                    covered, background.to(record.image.dtype), record.image
+                )
 
 
-class InpaintSaliencyCheckStage(SynthesisStage):
+class InpaintSaliencyCheckStage(BackendStage):
     """Rejects backgrounds in which an object was painted back (appendix A.2).
 
     The saliency backend runs on ``B``; the mean saliency inside the inpainted region is
@@ -294,20 +292,11 @@ class InpaintSaliencyCheckStage(SynthesisStage):
     name = "inpaint_check"
 
     def __init__(self, backend: SaliencyBackend, max_saliency: float = 0.5) -> None:
-        self.backend = backend
+        super().__init__(backend)
         self.max_saliency = max_saliency
 
     def settings(self) -> dict[str, Any]:
-        return {
-            "backend": type(self.backend).__name__,
-            "backend_version": self.backend.version,
-            "max_saliency": self.max_saliency,
-            **self.backend.settings(),
-        }
-
-    def to(self, device: torch.device | str) -> InpaintSaliencyCheckStage:
-        self.backend = self.backend.to(device)
-        return self
+        return {**super().settings(), "max_saliency": self.max_saliency}
 
     def process(self, records: list[SynthesisRecord]) -> None:
         for group in grouped(records):

@@ -15,8 +15,6 @@ samples that can still be kept.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -26,7 +24,13 @@ from torch import Tensor
 from layergen.synthesis.backends.inpainting import InpaintingBackend
 from layergen.synthesis.backends.quality import QualityScorer
 from layergen.synthesis.backends.saliency import SaliencyBackend
-from layergen.synthesis.base import SynthesisChain, SynthesisRecord, SynthesisStage
+from layergen.synthesis.base import (
+    BackendStage,
+    SynthesisChain,
+    SynthesisRecord,
+    SynthesisStage,
+    grouped,
+)
 
 MASK_THRESHOLD = 0.1
 
@@ -59,35 +63,16 @@ def dilate_mask(masks: Tensor, kernel_size: int, threshold: float = MASK_THRESHO
     return F.max_pool2d(binary, kernel_size, stride=1, padding=kernel_size // 2)
 
 
-def _grouped(records: list[SynthesisRecord]) -> Iterator[list[SynthesisRecord]]:
-    """Records grouped by image size, so that each group stacks into one batch."""
-    groups: dict[tuple[int, ...], list[SynthesisRecord]] = defaultdict(list)
-    for record in records:
-        groups[tuple(record.image.shape)].append(record)
-    yield from groups.values()
-
-
-class SalientMaskStage(SynthesisStage):
+class SalientMaskStage(BackendStage):
     """Predicts ``m`` with a :class:`SaliencyBackend`; fills ``record.masks`` ``(1, 1, H, W)``."""
 
     name = "saliency"
 
     def __init__(self, backend: SaliencyBackend) -> None:
-        self.backend = backend
-
-    def settings(self) -> dict[str, Any]:
-        return {
-            "backend": type(self.backend).__name__,
-            "backend_version": self.backend.version,
-            **self.backend.settings(),
-        }
-
-    def to(self, device: torch.device | str) -> SalientMaskStage:
-        self.backend = self.backend.to(device)
-        return self
+        super().__init__(backend)
 
     def process(self, records: list[SynthesisRecord]) -> None:
-        for group in _grouped(records):
+        for group in grouped(records):
             masks = self.backend(torch.stack([record.image for record in group]))
             for record, mask in zip(group, masks):
                 record.masks = mask[None]
@@ -127,7 +112,7 @@ class DilationStage(SynthesisStage):
         return {"kernel_size": self.kernel_size, "threshold": self.threshold}
 
     def process(self, records: list[SynthesisRecord]) -> None:
-        for group in _grouped(records):
+        for group in grouped(records):
             dilated = dilate_mask(
                 torch.cat([record.masks for record in group]), self.kernel_size, self.threshold
             )
@@ -135,29 +120,20 @@ class DilationStage(SynthesisStage):
                 record.inpaint_mask = mask
 
 
-class InpaintStage(SynthesisStage):
+class InpaintStage(BackendStage):
     """``B``: ``I`` inpainted under ``m~`` with ``prompt`` (empty in the paper)."""
 
     name = "inpainting"
 
     def __init__(self, backend: InpaintingBackend, prompt: str = "") -> None:
-        self.backend = backend
+        super().__init__(backend)
         self.prompt = prompt
 
     def settings(self) -> dict[str, Any]:
-        return {
-            "backend": type(self.backend).__name__,
-            "backend_version": self.backend.version,
-            "prompt": self.prompt,
-            **self.backend.settings(),
-        }
-
-    def to(self, device: torch.device | str) -> InpaintStage:
-        self.backend = self.backend.to(device)
-        return self
+        return {**super().settings(), "prompt": self.prompt}
 
     def process(self, records: list[SynthesisRecord]) -> None:
-        for group in _grouped(records):
+        for group in grouped(records):
             images = torch.stack([record.image for record in group])
             holes = torch.stack([record.inpaint_mask for record in group])
             backgrounds = self.backend(images, holes, [self.prompt] * len(group))
@@ -192,7 +168,7 @@ class QualityStage(SynthesisStage):
         return self
 
     def process(self, records: list[SynthesisRecord]) -> None:
-        for group in _grouped(records):
+        for group in grouped(records):
             images = torch.stack([record.image for record in group])
             masks = torch.cat([record.masks for record in group])
             backgrounds = None

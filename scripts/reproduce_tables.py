@@ -218,6 +218,19 @@ def render(results: dict, command: str) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
+
+
+def write_tables(path: Path, markdown: str) -> None:
+    """Write the tables to ``path``; in a file that has the BEGIN/END markers (docs/results.md),
+    only the text between them is replaced, keeping the page's explanations."""
+    text = path.read_text() if path.is_file() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        markdown = f"{head}{BEGIN}\n{markdown}{END}{rest.split(END, 1)[1]}"
+    path.write_text(markdown)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("repro_runs"))
@@ -235,14 +248,13 @@ def main() -> None:
     results = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    settings = ("ae_steps", "ldm_steps", "budget_minutes", "num_samples", "sample_steps", "guidance")
     command = "python scripts/reproduce_tables.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in (("ae_steps", args.ae_steps), ("ldm_steps", args.ldm_steps),
-                                                   ("num_samples", args.num_samples),
-                                                   ("sample_steps", args.sample_steps)))
+        f"--{k.replace('_', '-')} {getattr(args, k)}" for k in settings if getattr(args, k) is not None)
     markdown = render(results, command)
     (args.out / "results.md").write_text(markdown)
     if args.results:
-        args.results.write_text(markdown)
+        write_tables(args.results, markdown)
     print(markdown)
 
 

@@ -77,3 +77,14 @@ def test_text_to_image_baseline_trains_and_scores_composites_only(tmp_path):
     assert not LAYER_METRICS & set(summary["all"])
     table = repro.render({"autoencoders": {}, "text2layer": {row: summary}, "layerdiff": {}}, "cmd")
     assert f"| {row} | {summary['all']['fd_composite']:.3f} | n/a | n/a | n/a | n/a | n/a | n/a |" in table
+
+
+def test_write_tables_replaces_only_the_marked_section(tmp_path):
+    repro = load_script()
+    page = tmp_path / "results.md"
+    page.write_text(f"# Intro\n\n{repro.BEGIN}\nold table\n{repro.END}\n\n## Honest notes\n")
+    repro.write_tables(page, "new table\n")
+    assert page.read_text() == f"# Intro\n\n{repro.BEGIN}\nnew table\n{repro.END}\n\n## Honest notes\n"
+    fresh = tmp_path / "fresh.md"  # no markers: the whole file is the tables
+    repro.write_tables(fresh, "only tables\n")
+    assert fresh.read_text() == "only tables\n"

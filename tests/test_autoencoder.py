@@ -103,6 +103,24 @@ def test_per_layer_layers_are_independent():
     assert torch.allclose(z[:, 1:2], z_one, atol=1e-5)
 
 
+
+def test_per_layer_padded_layers_are_skipped_and_change_nothing():
+    model = PerLayerAutoencoder(**TINY).eval()
+    images, masks = _batch()
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    full = model.encode(images, masks).latent_dist
+    skipped = model.encode(images, masks, valid).latent_dist
+    # valid layers: the same posterior; padded layers: N(0, I), so no KL
+    assert torch.allclose(skipped.mean[valid], full.mean[valid], atol=1e-6)
+    assert torch.equal(skipped.parameters[1, 2], torch.zeros_like(skipped.parameters[1, 2]))
+    assert torch.allclose(skipped.kl(), full.kl(valid), rtol=1e-5)
+    # garbage in a padded layer cannot reach a valid layer, in either direction
+    noisy = images.clone()
+    noisy[1, 2] = 100.0
+    recon, _ = model(noisy, masks, layer_valid=valid, sample_posterior=False)
+    clean, _ = model(images, masks, layer_valid=valid, sample_posterior=False)
+    assert torch.equal(recon.images, clean.images) and torch.equal(recon.masks, clean.masks)
+
 @pytest.mark.parametrize("cls", [LayeredAutoencoder, PerLayerAutoencoder])
 def test_save_and_load_round_trip(tmp_path, cls):
     model = cls(**TINY, scaling_factor=0.5).eval()

@@ -4,6 +4,7 @@ import io
 import json
 import logging
 import os
+import tarfile
 
 import pytest
 import webdataset as wds
@@ -127,6 +128,27 @@ def test_truncated_tar(tmp_path):
     assert keys == ["good0"]  # complete samples before the cut; the cut one is dropped
     assert counter.counts()["truncated_tar"] == 1 and counter.total() == 1
 
+
+
+def test_duplicate_member_drops_the_whole_sample(tmp_path):
+    path = tmp_path / "shard-000000.tar"
+    scenes = ShapeScenes(size=32, min_foregrounds=2, max_foregrounds=2, length=3)
+    with tarfile.open(path, "w") as tar:
+        for i, key in enumerate(["good0", "bad", "good1"]):
+            members = encode_sample(scenes[i], key)
+            names = [n for n in members if n != "__key__"]
+            if key == "bad":
+                names.append("fg_0.png")  # a second copy: which one is right is unknowable
+            for name in names:
+                data = members[name] if isinstance(members[name], bytes) else members[name].encode()
+                info = tarfile.TarInfo(f"{key}.{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(ShardError, match=rf"shard {path}, key bad: duplicate member fg_0.png"):
+        list(read_shards(str(path)))
+    counter = SkipCounter()
+    assert [s.metadata["key"] for s in read_shards(str(path), "skip", counter)] == GOOD_KEYS
+    assert counter.counts()["invalid_sample"] == 1 and counter.total() == 1
 
 def _image_shard(path, bad: dict) -> None:
     with wds.TarWriter(str(path)) as sink:

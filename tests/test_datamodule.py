@@ -1,5 +1,7 @@
 """Tests of LayeredDataModule and the layer-wise transforms."""
 
+from pathlib import Path
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -201,3 +203,11 @@ def test_splits_without_shards_are_empty_when_other_splits_have_shards(shard_dir
     assert len(next(iter(dm.train_dataloader()))) == 3
     with pytest.raises(ValueError, match="train_shards"):
         LayeredDataModule(val_shards=urls).train_dataloader()
+
+
+def test_train_py_reports_skips_without_extra_configuration():
+    from layergen.cli import cli_main
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "demo" / "ae.yaml"
+    cli = cli_main(["--config", str(config), "--trainer.logger", "false"], run=False)
+    assert sum(isinstance(c, SkipReport) for c in cli.trainer.callbacks) == 1

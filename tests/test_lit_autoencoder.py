@@ -223,10 +223,21 @@ def test_demo_config_fast_dev_run(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_on_cpu(tmp_path):
+@pytest.mark.parametrize(
+    "discriminator",
+    [
+        {"discriminator_weight": 0.0},
+        # the full-size config's case: a PatchGAN that has not started yet (no gradients)
+        {"discriminator_weight": 0.5, "discriminator_start": 1000, "discriminator_channels": 8},
+        {"discriminator_weight": 0.5, "discriminator_start": 0, "discriminator_channels": 8},
+    ],
+    ids=["no_gan", "gan_not_started", "gan"],
+)
+def test_ddp_two_processes_on_cpu(tmp_path, discriminator):
     # train.py as a subprocess: Lightning's DDP launcher re-runs the command once per rank
-    config = _config(tmp_path, PER_LAYER)
-    args = ["fit", "--config", str(config), "--trainer.devices=2", "--trainer.strategy=ddp"]
+    config = _config(tmp_path, PER_LAYER, **discriminator)
+    strategy = yaml.safe_load((ROOT / "configs" / "ae.yaml").read_text())["trainer"]["strategy"]
+    args = ["fit", "--config", str(config), "--trainer.devices=2", f"--trainer.strategy={strategy}"]
     result = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *args],
         cwd=tmp_path,
@@ -237,3 +248,19 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["global_step"] == 2
     assert isinstance(load_autoencoder(tmp_path / "run" / "pretrained"), PerLayerAutoencoder)
+
+
+def test_cosine_schedule_warms_up_and_ends_at_the_final_ratio():
+    module = LayeredAutoencoderModule(
+        PerLayerAutoencoder(**TINY_AE), learning_rate=1e-3, lr_warmup_steps=10,
+        lr_schedule="cosine", lr_final_ratio=0.0, lpips_weight=0.0, discriminator_weight=0.0,
+    )
+    module.trainer = type("Trainer", (), {"max_steps": 110})()  # only max_steps is read
+    assert module._lr_lambda(0) == pytest.approx(0.1)  # warm-up: (step + 1) / 10
+    assert module._lr_lambda(10) == pytest.approx(1.0)
+    assert module._lr_lambda(60) == pytest.approx(0.5)  # half-way down the cosine
+    assert module._lr_lambda(110) == pytest.approx(0.0)
+    module.hparams.lr_final_ratio = 0.1
+    assert module._lr_lambda(110) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="lr_final_ratio"):
+        LayeredAutoencoderModule(PerLayerAutoencoder(**TINY_AE), lr_final_ratio=1.5)

@@ -141,7 +141,7 @@ def test_pipeline_shuffles_and_splits_over_nodes(tmp_path, monkeypatch):
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
-        per_rank.append({s.metadata["key"] for s in layered_pipeline(urls, distributed=True)})
+        per_rank.append({s.metadata["key"] for s in layered_pipeline(urls, split="train")})
     assert per_rank[0].isdisjoint(per_rank[1])
     assert len(per_rank[0] | per_rank[1]) == 8
 

@@ -8,9 +8,11 @@ at 64x64 with K = 2. Lightning adds a ``DistributedSampler`` under DDP, so ranks
 distinct scenes. When shards are given for some split, a split without shards has no data
 (its loader is empty and Lightning skips that loop); training then needs ``train_shards``.
 
-Shard path: a webdataset pipeline (``layergen.data.shards.layered_pipeline``) splits shards
-over DDP ranks (``split_by_node``) and data-loader workers (``split_by_worker``), so every
-rank and worker reads distinct shards; use at least ``world_size * num_workers`` shards.
+Shard path: a webdataset pipeline (``layergen.data.shards.layered_pipeline``). Training
+shards are split over DDP ranks and data-loader workers, or, with
+``train_samples_per_epoch``, resampled by every rank and worker into epochs of equal length
+(the safe choice under DDP); validation and test shards are split over ranks when there are
+enough of them and over workers (``layergen.data.sharding``).
 Samples go through a shuffle buffer (train), are decoded, resized and centre-cropped to
 ``image_size`` with the same resize/crop/flip applied to every layer.
 
@@ -30,6 +32,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset
 
 from layergen.data.shapes import ShapeScenes
+from layergen.data.sharding import samples_per_worker
 from layergen.data.shards import ON_ERROR, layered_pipeline
 from layergen.data.skips import SkipCounter
 from layergen.data.transforms import LayeredTransform
@@ -102,6 +105,10 @@ class LayeredDataModule(pl.LightningDataModule):
         batch_size: samples per batch.
         num_workers: data-loader worker processes.
         shuffle_buffer: shard path: size of the training shuffle buffer (0: no shuffling).
+        train_samples_per_epoch: shard path: training samples per epoch over all ranks. When
+            set, every rank and worker resamples training shards with replacement and each
+            rank's epoch has the same length (what DDP needs; ``layergen.data.sharding``);
+            when None, the training shards are split over ranks and workers and read once.
         random_flip: flip training samples left-right (prompts' "left"/"right" swapped).
         on_error: ``"raise"`` or ``"skip"`` (count and log bad samples).
         mask_sum_tolerance: shard path: largest accepted excess of the decoded mask sum over
@@ -123,6 +130,7 @@ class LayeredDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         shuffle_buffer: int = 1000,
+        train_samples_per_epoch: int | None = None,
         random_flip: bool = False,
         on_error: str = "raise",
         mask_sum_tolerance: float = 1e-3,
@@ -145,6 +153,7 @@ class LayeredDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.shuffle_buffer = shuffle_buffer
+        self.train_samples_per_epoch = train_samples_per_epoch
         self.random_flip = random_flip
         self.on_error = on_error
         self.mask_sum_tolerance = mask_sum_tolerance
@@ -187,10 +196,26 @@ class LayeredDataModule(pl.LightningDataModule):
                 )
             log.info("no %s shards: the %s split is empty", split, split)
             return None
+        shard_split, per_worker = "eval", None
+        if split == "train":
+            shard_split = "train"
+            world_size = self.trainer.world_size if self.trainer is not None else 1
+            if self.train_samples_per_epoch:
+                shard_split = "resample"
+                per_worker = samples_per_worker(
+                    self.train_samples_per_epoch, world_size, self.num_workers
+                )
+            elif world_size > 1:
+                log.warning(
+                    "train_samples_per_epoch is not set: the %d ranks split the training shards "
+                    "and stall at the end of an epoch unless every rank gets as many samples",
+                    world_size,
+                )
         return layered_pipeline(
             urls,
             shuffle_buffer=self.shuffle_buffer if split == "train" else 0,
-            distributed=True,
+            split=shard_split,
+            samples_per_worker=per_worker,
             on_error=self.on_error,
             skip_counter=self.skip_counters[split],
             transform=self._transform(split),

@@ -31,6 +31,7 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from layergen.data.sharding import samples_per_worker, shard_stages
 from layergen.layers import LayeredBatch, LayeredImage
 from layergen.models.text_encoder import encode_prompts
 
@@ -139,7 +140,9 @@ def encode_latent_samples(
     """Encode layered images into cached-latent samples (see the module docstring)."""
     batch = LayeredBatch.collate(samples)
     device = next(autoencoder.parameters()).device
-    latents = autoencoder.encode(batch.images.to(device), batch.masks.to(device)).latent_dist.mode()
+    latents = autoencoder.encode(
+        batch.images.to(device), batch.masks.to(device), batch.layer_valid.to(device)
+    ).latent_dist.mode()
     full_layers, latent_layers = batch.layer_valid.shape[1], latents.shape[1]
     texts = list(batch.prompts) + [p for lp in batch.layer_prompts for p in lp]
     embeds = encode_prompts(tokenizer, text_encoder, texts).half().cpu()
@@ -252,6 +255,9 @@ class LatentDataModule(pl.LightningDataModule):
             for padded layers.
         max_foregrounds: batches are padded to ``L = max_foregrounds + 1`` layers.
         batch_size, num_workers, shuffle_buffer, seed: loading.
+        train_samples_per_epoch: resample training shards into epochs of this many samples
+            over all ranks (equal on every rank, as DDP needs; see
+            ``LayeredDataModule``); None: split the shards over ranks and workers.
     """
 
     def __init__(
@@ -264,6 +270,7 @@ class LatentDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         shuffle_buffer: int = 1000,
         seed: int = 0,
+        train_samples_per_epoch: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -278,15 +285,25 @@ class LatentDataModule(pl.LightningDataModule):
             self.collate = LatentCollate(self.hparams.max_foregrounds + 1, empty)
 
     def _loader(self, urls: str | list[str], train: bool) -> DataLoader:
-        stages: list[Any] = [wds.SimpleShardList(urls, seed=self.hparams.seed if train else None)]
-        if train:
-            stages += [wds.shuffle(100), wds.split_by_node, wds.split_by_worker]
+        per_worker = None
+        if not train:
+            split = "eval"
+        elif self.hparams.train_samples_per_epoch:
+            split = "resample"
+            world_size = self.trainer.world_size if self.trainer is not None else 1
+            per_worker = samples_per_worker(
+                self.hparams.train_samples_per_epoch, world_size, self.hparams.num_workers
+            )
+        else:
+            split = "train"
+        stages = shard_stages(urls, split, self.hparams.seed)
         stages += [wds.tarfile_to_samples()]
         if train and self.hparams.shuffle_buffer:
             stages.append(wds.shuffle(self.hparams.shuffle_buffer))
         stages.append(wds.map(decode_latent_sample))
+        pipeline = wds.DataPipeline(*stages)
         return DataLoader(
-            wds.DataPipeline(*stages),
+            pipeline.with_epoch(per_worker) if per_worker else pipeline,
             batch_size=self.hparams.batch_size,
             num_workers=self.hparams.num_workers,
             collate_fn=self.collate,

@@ -8,8 +8,8 @@ was written to it. Writing again into the same directory resumes: a shard that e
 holds the expected number of samples is kept (not regenerated); a missing one, or the last
 partial one of a smaller earlier run, is (re)written.
 
-Readers are webdataset pipelines (shard lists with brace expansion, ``pipe:`` URLs,
-``split_by_node`` / ``split_by_worker``, a shuffle buffer). Bad input raises ``ShardError``
+Readers are webdataset pipelines (shard lists with brace expansion, ``pipe:`` URLs, shards
+divided over DDP ranks and workers as ``layergen.data.sharding`` describes, a shuffle buffer). Bad input raises ``ShardError``
 naming the shard and key or, with ``on_error="skip"``, is dropped, logged and counted in a
 ``SkipCounter``.
 """
@@ -33,6 +33,7 @@ from layergen.data.codec import (
     encode_sample,
     open_image,
 )
+from layergen.data.sharding import shard_stages
 from layergen.data.skips import SkipCounter
 from layergen.layers import LayeredImage
 
@@ -232,6 +233,7 @@ class TarSamples:
 
     def _expand(self, url: str) -> Iterator[dict[str, Any]]:
         current: dict[str, Any] = {}
+        skipped = False  # the current sample was counted as a skip: do not yield it
         stream = wds.gopen(url)
         try:
             with tarfile.open(fileobj=stream, mode="r|*") as tar:
@@ -244,13 +246,16 @@ class TarSamples:
                     key, ext = match.group(1), match.group(2).lower()
                     data = tar.extractfile(info).read()
                     if current and current["__key__"] != key:
-                        yield current
-                        current = {}
+                        if not skipped:
+                            yield current
+                        current, skipped = {}, False
                     if not current:
                         current = {"__key__": key, "__url__": url}
-                    if ext in current:
+                    if ext in current and not skipped:
+                        # which copy is right cannot be known: the whole sample is dropped
                         exn = ShardError("invalid_sample", url, key, f"duplicate member {ext}")
                         _handle(exn, self.on_error, self.skip_counter)
+                        skipped = True
                     current[ext] = data
         except (tarfile.TarError, OSError, EOFError) as exn:
             key = current.get("__key__", "")
@@ -259,7 +264,7 @@ class TarSamples:
             return
         finally:
             stream.close()
-        if current:
+        if current and not skipped:
             yield current
 
 
@@ -310,39 +315,43 @@ class DecodeLayered:
 def layered_pipeline(
     urls: str | list[str],
     shuffle_buffer: int = 0,
-    distributed: bool = False,
+    split: str = "none",
     on_error: str = "raise",
     skip_counter: SkipCounter | None = None,
     transform: Callable[[LayeredImage], LayeredImage] | None = None,
     max_foregrounds: int | None = None,
     mask_sum_tolerance: float = 1e-3,
     seed: int = 0,
+    samples_per_worker: int | None = None,
 ) -> wds.DataPipeline:
     """A webdataset ``DataPipeline`` (an ``IterableDataset``) of ``LayeredImage``s.
 
     Args:
         urls: brace pattern, ``pipe:`` URL or list of URLs.
-        shuffle_buffer: sample shuffle buffer (0: read in order); shards are shuffled too.
-        distributed: split shards over DDP ranks (``split_by_node``) and data-loader workers
-            (``split_by_worker``).
+        shuffle_buffer: sample shuffle buffer (0: read in order).
+        split: how shards are divided over DDP ranks and data-loader workers, one of
+            ``layergen.data.sharding.SHARD_SPLITS`` (``"none"``: every shard, in order).
         on_error: ``"raise"`` or ``"skip"``.
         skip_counter: counts skips.
         transform: per-sample transform.
         max_foregrounds: larger samples are errors (or skips).
         mask_sum_tolerance: see ``decode_sample``.
-        seed: shuffle seed.
+        seed: shard shuffling / resampling seed.
+        samples_per_worker: cut each worker's stream into epochs of this many samples
+            (required with ``split="resample"``, whose stream never ends).
     """
     _check_on_error(on_error)
-    stages: list[Any] = [wds.SimpleShardList(urls, seed=seed if shuffle_buffer else None)]
-    if distributed:
-        stages += [wds.split_by_node, wds.split_by_worker]
+    if split == "resample" and samples_per_worker is None:
+        raise ValueError("samples_per_worker: required with split='resample' (an endless stream)")
+    stages = shard_stages(urls, split, seed)
     stages.append(TarSamples(on_error, skip_counter))
     if shuffle_buffer > 0:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100)))
     stages.append(
         DecodeLayered(on_error, skip_counter, transform, max_foregrounds, mask_sum_tolerance)
     )
-    return wds.DataPipeline(*stages)
+    pipeline = wds.DataPipeline(*stages)
+    return pipeline.with_epoch(samples_per_worker) if samples_per_worker else pipeline
 
 
 def read_shards(

@@ -55,7 +55,9 @@ class LayeredAutoencoderModule(pl.LightningModule):
         learning_rate: Adam learning rate of the autoencoder (latent diffusion: 4.5e-6 x batch).
         betas: Adam betas (latent diffusion: (0.5, 0.9)).
         lr_warmup_steps: linear warm-up steps.
-        lr_schedule: ``"constant"`` or ``"cosine"`` (to 10% at ``trainer.max_steps``).
+        lr_schedule: ``"constant"`` or ``"cosine"`` (to ``lr_final_ratio`` of the rate at
+            ``trainer.max_steps``).
+        lr_final_ratio: the cosine schedule's final fraction of ``learning_rate``, in [0, 1].
         mask_weight: lambda of eq. 3 (1 in the paper).
         kl_weight: weight of the KL term (latent diffusion: 1e-6).
         lpips_weight: weight of LPIPS inside each image component (0 disables LPIPS).
@@ -85,6 +87,7 @@ class LayeredAutoencoderModule(pl.LightningModule):
         betas: tuple[float, float] = (0.5, 0.9),
         lr_warmup_steps: int = 0,
         lr_schedule: str = "constant",
+        lr_final_ratio: float = 0.1,
         mask_weight: float = 1.0,
         kl_weight: float = 1e-6,
         lpips_weight: float = 1.0,
@@ -104,6 +107,8 @@ class LayeredAutoencoderModule(pl.LightningModule):
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule: expected one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        if not 0.0 <= lr_final_ratio <= 1.0:
+            raise ValueError(f"lr_final_ratio: expected a value in [0, 1], got {lr_final_ratio}")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.autoencoder = autoencoder
@@ -313,7 +318,8 @@ class LayeredAutoencoderModule(pl.LightningModule):
         if total <= warmup:
             return 1.0
         progress = min(1.0, (step - warmup) / (total - warmup))
-        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+        final = self.hparams.lr_final_ratio
+        return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def configure_optimizers(self) -> Any:
         """Adam for the autoencoder (warm-up / cosine schedule) and for the discriminator."""

@@ -170,7 +170,7 @@ class LayeredDiffusionModule(pl.LightningModule):
             latents = batch.latents
             cond, layer_cond = batch.prompt_embeds, batch.layer_prompt_embeds
         else:
-            dist = self.autoencoder.encode(batch.images, batch.masks).latent_dist
+            dist = self.autoencoder.encode(batch.images, batch.masks, batch.layer_valid).latent_dist
             latents = dist.sample() if self.hparams.sample_posterior else dist.mode()
             num_layers = batch.layer_valid.shape[1]
             texts = list(batch.prompts) + [p for lp in batch.layer_prompts for p in lp]

@@ -44,12 +44,16 @@ class CompositeAutoencoder(StackedSDAutoencoder):
         """``L' = 1`` whatever L: one latent of the composite."""
         return 1
 
-    def encode(self, images: Tensor, masks: Tensor) -> LayeredEncoderOutput:
+    def encode(
+        self, images: Tensor, masks: Tensor, layer_valid: Tensor | None = None
+    ) -> LayeredEncoderOutput:
         """Encode the composite of a layered batch.
 
         Args:
             images: ``(B, L, 3, H, W)`` in [-1, 1].
             masks: ``(B, L, 1, H, W)`` in [0, 1] (padded layers have zero masks).
+            layer_valid: ``(B, L)`` bool, accepted for the common interface
+                (unused: only the composite is encoded).
 
         Returns:
             ``LayeredEncoderOutput`` over ``(B, 1, C, h, w)``.

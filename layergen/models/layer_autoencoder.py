@@ -8,6 +8,8 @@ mask with a sigmoid, Text2Layer IV-B); the composite is the composite of the dec
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from diffusers.configuration_utils import register_to_config
 from torch import Tensor
@@ -26,6 +28,23 @@ from layergen.models.autoencoder_outputs import (
     LayeredEncoderOutput,
 )
 from layergen.models.heads import ConvBnReluConvHead
+
+
+def _map_valid_layers(
+    fn: Callable[[Tensor], Tensor], x: Tensor, layer_valid: Tensor | None
+) -> Tensor:
+    """Apply ``fn`` to the valid rows of ``x`` ``(B*L, ...)``; padded rows of the result are zero.
+
+    ``layer_valid`` is ``(B, L)`` bool or None (every layer valid). Mixed layer counts pad many
+    layers (LayerDiff's K = 1..4), which are then not computed.
+    """
+    if layer_valid is None or bool(layer_valid.all()):
+        return fn(x)
+    valid = layer_valid.flatten().to(x.device)
+    y = fn(x[valid])
+    out = y.new_zeros((x.shape[0], *y.shape[1:]))
+    out[valid] = y
+    return out
 
 
 class PerLayerAutoencoder(LayeredAutoencoderBase):
@@ -70,12 +89,16 @@ class PerLayerAutoencoder(LayeredAutoencoderBase):
         self.image_head = ConvBnReluConvHead(width, 3, head_channels)
         self.mask_head = ConvBnReluConvHead(width, 1, head_channels, sigmoid=True)
 
-    def encode(self, images: Tensor, masks: Tensor) -> LayeredEncoderOutput:
+    def encode(
+        self, images: Tensor, masks: Tensor, layer_valid: Tensor | None = None
+    ) -> LayeredEncoderOutput:
         """Encode every layer.
 
         Args:
             images: ``(B, L, 3, H, W)`` in [-1, 1].
             masks: ``(B, L, 1, H, W)`` in [0, 1] (the mask enters the encoder mapped to [-1, 1]).
+            layer_valid: optional ``(B, L)`` bool; padded layers (False) are not computed: their
+                posterior is ``N(0, I)`` (zero mean and log-variance, so zero KL).
 
         Returns:
             ``LayeredEncoderOutput`` whose posterior is over ``(B, L, C, h, w)``.
@@ -88,7 +111,8 @@ class PerLayerAutoencoder(LayeredAutoencoderBase):
             )
         batch, num_layers = images.shape[:2]
         x = torch.cat([images, from_unit(masks)], dim=2)  # (B, L, 4, H, W)
-        moments = self.body.encode_moments(x.flatten(0, 1))  # (B*L, 4, H, W) -> (B*L, 2C, h, w)
+        # (B*L, 4, H, W) -> (B*L, 2C, h, w), valid layers only
+        moments = _map_valid_layers(self.body.encode_moments, x.flatten(0, 1), layer_valid)
         moments = moments.unflatten(0, (batch, num_layers))  # (B, L, 2C, h, w)
         return LayeredEncoderOutput(latent_dist=LayeredDiagonalGaussian(moments))
 
@@ -100,8 +124,8 @@ class PerLayerAutoencoder(LayeredAutoencoderBase):
         Args:
             latents: ``(B, L, C, h, w)``.
             num_layers: must equal L when given (one latent layer per layer).
-            layer_valid: optional ``(B, L)`` bool; padded layers (False) decode to zero images
-                and masks, as in a padded ``LayeredBatch``.
+            layer_valid: optional ``(B, L)`` bool; padded layers (False) are not computed and
+                decode to zero images and masks, as in a padded ``LayeredBatch``.
 
         Returns:
             ``LayeredDecoderOutput``: images ``(B, L, 3, H, W)``, masks ``(B, L, 1, H, W)`` —
@@ -116,17 +140,19 @@ class PerLayerAutoencoder(LayeredAutoencoderBase):
                 f"num_layers: the per-layer autoencoder decodes L = {layers} layers "
                 f"from {layers} latent layers, got num_layers={num_layers}"
             )
-        features = self.body.decode_features(latents.flatten(0, 1))  # (B*L, width, H, W)
-        images = self.image_head(features).unflatten(0, (batch, layers))  # (B, L, 3, H, W)
-        raw_masks = self.mask_head(features).unflatten(0, (batch, layers))  # (B, L, 1, H, W)
-        if layer_valid is not None:
-            keep = layer_valid[:, :, None, None, None].to(images.dtype)
-            images, raw_masks = images * keep, raw_masks * keep
+        # (B*L, C, h, w) -> (B*L, 4, H, W): RGB then the mask, valid layers only
+        decoded = _map_valid_layers(self._decode_layers, latents.flatten(0, 1), layer_valid)
+        images, raw_masks = decoded.unflatten(0, (batch, layers)).split([3, 1], dim=2)
         fg_masks = normalize_masks(raw_masks[:, 1:])
         masks = torch.cat([background_mask(fg_masks)[:, None], fg_masks], 1)
         return LayeredDecoderOutput(
             images=images, masks=masks, composite=composite_layers(images, masks)
         )
+
+    def _decode_layers(self, latents: Tensor) -> Tensor:
+        """``(N, C, h, w)`` -> RGB and raw mask ``(N, 4, H, W)`` (mask not yet normalised)."""
+        features = self.body.decode_features(latents)  # (N, width, H, W)
+        return torch.cat([self.image_head(features), self.mask_head(features)], dim=1)
 
     def forward(
         self,
@@ -137,6 +163,6 @@ class PerLayerAutoencoder(LayeredAutoencoderBase):
         generator: torch.Generator | None = None,
     ) -> tuple[LayeredDecoderOutput, LayeredDiagonalGaussian]:
         """Encode, sample (or take the mode) and decode; returns (reconstruction, posterior)."""
-        posterior = self.encode(images, masks).latent_dist
+        posterior = self.encode(images, masks, layer_valid).latent_dist
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
         return self.decode(z, layer_valid=layer_valid), posterior

@@ -121,12 +121,16 @@ class LayeredAutoencoder(LayeredAutoencoderBase):
         # (B, K, 3, H, W), (B, 3, H, W), (B, K, 1, H, W) -> (B, 3K + 3 + K, H, W)
         return torch.cat([foregrounds.flatten(1, 2), images[:, 0], fg_masks.flatten(1, 2)], dim=1)
 
-    def encode(self, images: Tensor, masks: Tensor) -> LayeredEncoderOutput:
+    def encode(
+        self, images: Tensor, masks: Tensor, layer_valid: Tensor | None = None
+    ) -> LayeredEncoderOutput:
         """Encode a layered batch (Text2Layer IV-B).
 
         Args:
             images: ``(B, L, 3, H, W)`` in [-1, 1], ``L <= K + 1``.
             masks: ``(B, L, 1, H, W)`` in [0, 1].
+            layer_valid: ``(B, L)`` bool, accepted for the common interface
+                (unused: the joint latent packs every layer).
 
         Returns:
             ``LayeredEncoderOutput`` whose posterior is over ``(B, 1, C, h, w)``.

@@ -84,12 +84,16 @@ class StackedSDAutoencoder(ModelMixin, ConfigMixin):
         """``L' = 2L - 1``: L layer images and L - 1 foreground masks."""
         return 2 * num_layers - 1
 
-    def encode(self, images: Tensor, masks: Tensor) -> LayeredEncoderOutput:
+    def encode(
+        self, images: Tensor, masks: Tensor, layer_valid: Tensor | None = None
+    ) -> LayeredEncoderOutput:
         """Encode every component with the frozen VAE.
 
         Args:
             images: ``(B, L, 3, H, W)`` in [-1, 1].
             masks: ``(B, L, 1, H, W)`` in [0, 1] (index 0, the background's, is not encoded).
+            layer_valid: ``(B, L)`` bool, accepted for the common interface
+                (unused: every component is encoded).
 
         Returns:
             ``LayeredEncoderOutput`` over ``(B, 2L - 1, C, h, w)``.

@@ -36,7 +36,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--layers", choices=["auto"], help="'auto': derive layer prompts from the prompt"
     )
-    parser.add_argument("--num-layers", type=int, help="L = K + 1 when no layer prompts are given")
+    parser.add_argument(
+        "--num-layers",
+        type=int,
+        help="number of layers including the background, L = K + 1 (checked against "
+        "--layer-prompts; without layer prompts the foreground prompts are empty)",
+    )
     parser.add_argument("--negative-prompt", help="global negative prompt (needs --guidance > 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=50, help="sampling steps")

@@ -6,7 +6,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from layergen.data.shapes import vocabulary
-from layergen.models import LayeredAutoencoder, PerLayerAutoencoder
+from layergen.models import LayeredAutoencoder, PerLayerAutoencoder, StackedSDAutoencoder
 from layergen.models.layered_unet import LayeredUNet
 from layergen.models.text_encoder import build_tiny_text_encoder, load_text_encoder
 from layergen.pipelines import LayeredDiffusionPipeline
@@ -29,31 +29,50 @@ def tiny_unet_config(in_channels: int = 4) -> dict:
     }
 
 
-def tiny_pipeline(tmp_path: Path, joint: bool = False) -> LayeredDiffusionPipeline:
-    """Per-layer (LayerDiff) or joint (Text2Layer, K = 1) tiny pipeline, eval mode, CPU."""
+TINY_AE = dict(
+    latent_channels=4,
+    block_out_channels=(8, 16),
+    layers_per_block=1,
+    norm_num_groups=4,
+    mid_block_add_attention=False,
+)
+
+
+def tiny_autoencoder(layout: str) -> torch.nn.Module:
+    """Per-layer, joint (K = 1) or stacked SD-AE autoencoder (a tiny random SD VAE)."""
+    if layout == "joint":
+        return LayeredAutoencoder(num_foregrounds=1, **TINY_AE)
+    if layout == "stacked":
+        vae_config = dict(
+            TINY_AE,
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            sample_size=SIZE,
+        )
+        return StackedSDAutoencoder(vae_config=vae_config)
+    return PerLayerAutoencoder(**TINY_AE)
+
+
+def tiny_pipeline(tmp_path: Path, layout: str = "layers") -> LayeredDiffusionPipeline:
+    """Tiny pipeline, eval mode, CPU, for a latent ``layout``.
+
+    "layers": per-layer latents (LayerDiff); "joint": one latent (Text2Layer, K = 1);
+    "stacked": SD-AE latents ``(B, 2L - 1, C, h, w)`` regrouped into image + mask latents.
+    """
     text_dir = tmp_path / "text"
     if not (text_dir / "text_encoder").exists():
         build_tiny_text_encoder(text_dir, vocabulary())
     tokenizer, text_encoder = load_text_encoder(str(text_dir))
     torch.manual_seed(0)
-    ae_args = dict(
-        latent_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        mid_block_add_attention=False,
-    )
-    autoencoder = (
-        LayeredAutoencoder(num_foregrounds=1, **ae_args)
-        if joint
-        else PerLayerAutoencoder(**ae_args)
-    )
+    autoencoder = tiny_autoencoder(layout)
     torch.manual_seed(0)
     unet = LayeredUNet(
         unet_config=tiny_unet_config(),
-        layer_blocks=not joint,
+        layer_blocks=layout != "joint",
+        mask_channels=4 if layout == "stacked" else 0,
         prompt_enhancer_heads=2,
         max_layers=4,
+        latent_layout="stacked" if layout == "stacked" else "layers",
     )
     scheduler = DDIMScheduler(prediction_type="v_prediction", beta_schedule="squaredcos_cap_v2")
     pipe = LayeredDiffusionPipeline(

@@ -52,6 +52,31 @@ def test_generate_psd_ora_and_folder(model_dir, tmp_path, monkeypatch):
     assert manifest["model"] == str(model_dir) and manifest["prompt"] == PROMPT
 
 
+def test_generate_num_layers(model_dir, tmp_path, monkeypatch, capsys):
+    """--num-layers is L = K + 1, the background included."""
+    common = ["--model", model_dir, "--steps", 2, "--guidance", 2.0]
+    generate(monkeypatch, PROMPT, "--num-layers", 4, *common, "--out", tmp_path / "a")
+    image = load_layered(tmp_path / "a")
+    assert image.num_layers == 4 and image.num_foregrounds == 3
+    with pytest.raises(ValueError, match="num_layers=3 needs 3 layer prompts"):
+        generate(
+            monkeypatch,
+            PROMPT,
+            "--num-layers",
+            3,
+            "--layers",
+            "auto",
+            *common,
+            "--out",
+            tmp_path / "b",
+        )
+    with pytest.raises(SystemExit):
+        generate(monkeypatch, "--help")
+    assert "number of layers including the background, L = K + 1" in " ".join(
+        capsys.readouterr().out.split()
+    )
+
+
 def test_generate_edit_and_restyle(model_dir, tmp_path, monkeypatch):
     common = ["--model", model_dir, "--steps", 2, "--guidance", 2.0]
     generate(monkeypatch, PROMPT, "--layers", "auto", *common, "--out", tmp_path / "a.ora")

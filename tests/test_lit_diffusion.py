@@ -16,13 +16,14 @@ from layergen.data.latents import LatentDataModule
 from layergen.data.shapes import ShapeScenes, vocabulary
 from layergen.data.shards import read_shards, write_shards
 from layergen.layers import LayeredBatch
-from layergen.lit.diffusion import LayeredDiffusionModule, latent_layer_index
+from layergen.lit.diffusion import LayeredDiffusionModule
 from layergen.models import (
     LayeredUNet,
     PerLayerAutoencoder,
     StackedSDAutoencoder,
     load_autoencoder,
 )
+from layergen.models.autoencoder_outputs import latent_layer_index
 from layergen.models.text_encoder import build_tiny_text_encoder
 
 UNET_CONFIG = dict(
@@ -252,3 +253,28 @@ def test_stacked_sd_autoencoder_layouts(assets, tmp_path, layout):
     assert torch.isfinite(loss) and loss > 0
     loss.backward()
     assert all(p.grad is not None for p in module.unet.unet.down_blocks.parameters())
+
+
+def test_validation_and_ema_follow_the_averaged_weights(assets):
+    module = make_module(assets, ema_decay=0.5)
+    batch = scene_batch(2)
+    with torch.no_grad():
+        for p in module.unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # raw weights move, the EMA copy has not yet
+    raw = module.diffusion_loss(module.unet, batch, torch.Generator().manual_seed(0), train=False)
+    ema = module.diffusion_loss(
+        module.ema_unet.module, batch, torch.Generator().manual_seed(0), train=False
+    )
+    assert module.inference_unet is module.ema_unet.module and not torch.isclose(raw, ema)
+    with pytest.warns(UserWarning):  # self.log without a trainer only warns
+        val = module.validation_step(batch, 0)
+    assert torch.equal(val, ema)
+    # the first update copies the weights; then with decay 0.5 each update goes half-way
+    module.ema_unet.update_parameters(module.unet)
+    with torch.no_grad():
+        for p in module.unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    before = [p.detach().clone() for p in module.ema_unet.module.parameters()]
+    module.ema_unet.update_parameters(module.unet)
+    for old, new, p in zip(before, module.ema_unet.module.parameters(), module.unet.parameters()):
+        torch.testing.assert_close(new, 0.5 * old + 0.5 * p)

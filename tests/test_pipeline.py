@@ -5,10 +5,12 @@ import json
 import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
-from pipeline_components import SIZE, tiny_pipeline
+from pipeline_components import SIZE, tiny_pipeline, tiny_unet_config
 
 from layergen.data.shapes import ShapeScenes
 from layergen.layers import BACKGROUND_PROMPT, LayeredImage
+from layergen.models.autoencoder_outputs import latent_layer_index
+from layergen.models.layered_unet import LayeredUNet
 from layergen.pipelines import (
     LayeredDiffusionPipeline,
     derive_layer_prompts,
@@ -29,7 +31,18 @@ def pipe(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def joint_pipe(tmp_path_factory):
-    return tiny_pipeline(tmp_path_factory.mktemp("tiny_joint"), joint=True)
+    return tiny_pipeline(tmp_path_factory.mktemp("tiny_joint"), layout="joint")
+
+
+@pytest.fixture(scope="module")
+def stacked_pipe(tmp_path_factory):
+    return tiny_pipeline(tmp_path_factory.mktemp("tiny_stacked"), layout="stacked")
+
+
+@pytest.fixture(params=["layers", "stacked"])
+def edit_pipe(request):
+    """Both editable latent layouts: per-layer and stacked SD-AE (image + mask latents)."""
+    return request.getfixturevalue("pipe" if request.param == "layers" else "stacked_pipe")
 
 
 def run(pipe, seed=0, **kwargs):
@@ -74,6 +87,16 @@ def test_shapes_ranges_and_batches_with_different_layer_counts(pipe):
     assert [c.size for c in out.composites] == [(SIZE, SIZE)] * 2
     latent = run(pipe, prompt=PROMPT, layer_prompts=LAYERS, output_type="latent")
     assert latent.images == [] and latent.latents.shape == (1, 3, 4, SIZE // 2, SIZE // 2)
+
+
+def test_num_layers_without_layer_prompts(pipe):
+    """``num_layers`` is L = K + 1, the background included; foreground prompts are empty."""
+    out = run(pipe, prompt=PROMPT, num_layers=4)
+    image = out.images[0]
+    assert image.num_layers == 4 and image.num_foregrounds == 3
+    assert image.layer_prompts == [BACKGROUND_PROMPT, "", "", ""]
+    doc = LayeredDiffusionPipeline.__call__.__doc__
+    assert "num_layers: number of layers including the background, L = K + 1" in doc
 
 
 def test_auto_layer_prompts_and_determinism(pipe):
@@ -192,18 +215,20 @@ def assert_kept(result: LayeredImage, source: LayeredImage, keep):
         ([0, 1, 2], "add"),  # a layer added on top
     ],
 )
-def test_edit_keeps_layers_bit_identical(pipe, keep, layer_prompts, monkeypatch):
+def test_edit_keeps_layers_bit_identical(edit_pipe, keep, layer_prompts, monkeypatch):
+    pipe = edit_pipe
     source = small_scene(2)
     if layer_prompts == "replace":
         layer_prompts = list(source.layer_prompts)
         layer_prompts[1] = "a large yellow heart"
     elif layer_prompts == "add":
         layer_prompts = [*source.layer_prompts, "a small white cross"]
-    timesteps = []
+    timesteps, samples = [], []
     forward = pipe.unet.forward
 
     def spy(sample, timestep, **kwargs):
         timesteps.append(timestep.clone())
+        samples.append(sample.clone())
         return forward(sample, timestep, **kwargs)
 
     monkeypatch.setattr(pipe.unet, "forward", spy)
@@ -221,16 +246,20 @@ def test_edit_keeps_layers_bit_identical(pipe, keep, layer_prompts, monkeypatch)
     generated = [i for i in range(source.num_layers) if i not in keep]
     for i in generated:
         assert not torch.equal(result.layer_images()[i], source.layer_images()[i])
-    # kept layers sit at timestep 0 (clean) in every UNet call, the others follow the schedule
-    assert len(timesteps) == 2
-    for t, expected in zip(timesteps, pipe.scheduler.timesteps):
-        others = [i for i in range(t.shape[1]) if i not in keep]
-        assert (t[:, keep] == 0).all() and (t[:, others] == expected).all()
-    assert timesteps[0][:, others].min() > 0
+    # kept layers' latents (image and mask latents when stacked) are their clean encodings
+    # at timestep 0 in every UNet call; the others follow the schedule
+    clean = pipe.encode_layers(source, result.num_layers)  # (1, L', C, h, w)
+    kept = torch.isin(latent_layer_index(result.num_layers, clean.shape[1]), torch.tensor(keep))
+    assert len(timesteps) == 2 and timesteps[0].shape[1] == clean.shape[1]
+    for t, x, expected in zip(timesteps, samples, pipe.scheduler.timesteps):
+        assert (t[:, kept] == 0).all() and (t[:, ~kept] == expected).all()
+        assert (x[:, kept] == clean[:, kept]).all()
+    assert timesteps[0][:, ~kept].min() > 0
     assert result.metadata["edit"] == {"keep": keep}
 
 
-def test_restyle_keeps_other_layers(pipe):
+def test_restyle_keeps_other_layers(edit_pipe):
+    pipe = edit_pipe
     source = small_scene(2)
     out = pipe.restyle(
         source,
@@ -257,8 +286,14 @@ def test_edit_errors(pipe, joint_pipe):
         pipe.edit(source, keep=[0, 1, 2])
     with pytest.raises(ValueError, match="layers can be added, not removed"):
         pipe.edit(source, keep=[0], layer_prompts=LAYERS[:2])
-    with pytest.raises(ValueError, match="joint latent"):
+    with pytest.raises(ValueError, match="LayeredAutoencoder encodes all layers into one joint"):
         joint_pipe.edit(small_scene(1), keep=[0])
+    folded = LayeredUNet(
+        unet_config=tiny_unet_config(in_channels=12), layer_blocks=False, latent_layout="folded"
+    )
+    components = {**pipe.components, "unet": folded}
+    with pytest.raises(ValueError, match="folds all latent layers into its channels"):
+        LayeredDiffusionPipeline(**components).edit(source, keep=[0])
 
 
 def test_merge_kept_layers_fits_masks_into_free_space():
@@ -275,15 +310,47 @@ def test_merge_kept_layers_fits_masks_into_free_space():
     assert torch.allclose(merged.masks[0], expected, atol=1e-6)
 
 
-def test_save_load_round_trip(pipe, tmp_path):
+CUSTOM_PARAMETERS = (".layer_block.", "layer_prompt_enhancer.", ".mask_conv.", ".mask_gate")
+
+
+@torch.no_grad()
+def randomise_custom_modules(unet: LayeredUNet) -> list[str]:
+    """Random non-zero weights for the layer blocks, prompt enhancer and mask convs / gate."""
+    generator = torch.Generator().manual_seed(1)
+    names = [n for n, _ in unet.named_parameters() if any(k in n for k in CUSTOM_PARAMETERS)]
+    for name, parameter in unet.named_parameters():
+        if name in names:
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    return names
+
+
+def assert_state_dicts_equal(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    different = [k for k in sa if not torch.equal(sa[k], sb[k])]
+    assert not different
+
+
+@pytest.mark.parametrize("layout", ["layers", "stacked"])
+def test_save_load_round_trip(layout, tmp_path):
+    pipe = tiny_pipeline(tmp_path, layout=layout)
+    fresh = run(pipe, prompt=PROMPT, layer_prompts=LAYERS).images[0]
+    names = randomise_custom_modules(pipe.unet)
+    assert any(".layer_block." in n for n in names)
+    assert any(n.startswith("layer_prompt_enhancer.") for n in names)
+    assert any(n.endswith("mask_gate") for n in names) == (layout == "stacked")
+    a = run(pipe, prompt=PROMPT, layer_prompts=LAYERS).images[0]
+    assert not torch.equal(a.foregrounds, fresh.foregrounds)  # the custom weights matter
     pipe.save_pretrained(tmp_path / "pipe")
     index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
     assert index["unet"] == ["layergen.pipelines.components", "LayeredUNet"]
-    assert index["autoencoder"] == ["layergen.pipelines.components", "PerLayerAutoencoder"]
+    autoencoder_class = type(pipe.autoencoder).__name__
+    assert index["autoencoder"] == ["layergen.pipelines.components", autoencoder_class]
     assert (tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors").exists()
     loaded = LayeredDiffusionPipeline.from_pretrained(tmp_path / "pipe")
     loaded.set_progress_bar_config(disable=True)
-    a = run(pipe, prompt=PROMPT, layer_prompts=LAYERS).images[0]
+    assert_state_dicts_equal(pipe.unet, loaded.unet)
+    assert_state_dicts_equal(pipe.autoencoder, loaded.autoencoder)
     b = run(loaded, prompt=PROMPT, layer_prompts=LAYERS).images[0]
     assert torch.equal(a.foregrounds, b.foregrounds) and torch.equal(a.masks, b.masks)
     assert torch.equal(a.background, b.background)

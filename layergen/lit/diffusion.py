@@ -35,6 +35,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from layergen.data.latents import LatentBatch
 from layergen.layers import LayeredBatch
+from layergen.models.autoencoder_outputs import latent_layer_index
 from layergen.models.layered_unet import LayeredUNet, build_layered_unet
 from layergen.models.loading import load_autoencoder
 from layergen.models.text_encoder import encode_prompts, load_text_encoder
@@ -42,18 +43,6 @@ from layergen.models.text_encoder import encode_prompts, load_text_encoder
 logger = logging.getLogger(__name__)
 
 FROZEN_PREFIXES = ("autoencoder.", "text_encoder.")
-
-
-def latent_layer_index(num_layers: int, latent_layers: int) -> Tensor:
-    """Layer of each latent layer, ``(L',)``: ``L' = L`` (per layer), 1 (joint, layer 0)
-    or ``2L - 1`` (stacked SD-AE: L images, then the masks of layers 1..L-1)."""
-    if latent_layers == num_layers:
-        return torch.arange(num_layers)
-    if latent_layers == 1:
-        return torch.zeros(1, dtype=torch.long)
-    if latent_layers == 2 * num_layers - 1:
-        return torch.cat([torch.arange(num_layers), torch.arange(1, num_layers)])
-    raise ValueError(f"cannot map {latent_layers} latent layers onto {num_layers} layers")
 
 
 class LayeredDiffusionModule(pl.LightningModule):

@@ -9,6 +9,13 @@ kept layers are encoded clean and held at timestep 0 while the others are denois
 - **Layer restyling** (style transfer): partial noise on one layer only (like img2img, the
   last ``strength`` fraction of the schedule) under a new layer prompt.
 
+Editing needs one latent layer (or more) per layer, each with its own timestep: the
+per-layer latents of ``PerLayerAutoencoder`` (``L' = L``) or the stacked SD-AE latents of
+``StackedSDAutoencoder`` (``L' = 2L - 1``: layer ``i`` owns image latent ``i`` and, for a
+foreground, mask latent ``L - 1 + i``; :func:`latent_layer_index`). A joint latent (one
+latent for all layers, Text2Layer's CaT²I-AE) or a UNet that folds the latent layers into
+its channels (one timestep for all) cannot hold some layers fixed.
+
 Appendix A.4 sets the kept layers' timestep "to 1" in the paper's 1-based indexing of
 ``T = 1000`` steps; diffusers counts from 0, so the same, least-noisy level is timestep 0
 here. Kept latents are never changed during sampling, and the kept layers of the result are
@@ -25,6 +32,7 @@ import torch
 from torch import Tensor
 
 from layergen.layers import LayeredImage
+from layergen.models.autoencoder_outputs import latent_layer_index
 
 if TYPE_CHECKING:
     from layergen.pipelines.layered_diffusion import LayeredPipelineOutput
@@ -72,10 +80,17 @@ class LayeredEditingMixin:
     """``edit`` and ``restyle`` for :class:`~layergen.pipelines.LayeredDiffusionPipeline`."""
 
     def _check_editable(self, image: LayeredImage) -> None:
-        if not self.autoencoder.per_layer or self.unet.config.latent_layout != "layers":
+        # L' = 1 for L = 2 layers: one latent for all layers
+        if self.autoencoder.latent_num_layers(2) == 1:
             raise ValueError(
-                "editing needs one latent layer per layer (a per-layer autoencoder and a UNet "
-                "with per-layer timesteps); this pipeline has a joint latent"
+                "editing needs latents of its own for each layer (per-layer or stacked SD-AE "
+                f"latents); this pipeline's {type(self.autoencoder).__name__} encodes all layers "
+                "into one joint latent (like Text2Layer's CaT²I-AE), so no layer can be kept"
+            )
+        if not self.unet.per_layer_timesteps:
+            raise ValueError(
+                "editing needs per-layer timesteps; this UNet folds all latent layers into its "
+                "channels (latent_layout 'folded', one timestep for all layers)"
             )
         image.validate()
         height, width = image.size
@@ -86,7 +101,10 @@ class LayeredEditingMixin:
             )
 
     def encode_layers(self, image: LayeredImage, num_layers: int) -> Tensor:
-        """Clean scaled latents ``(1, num_layers, C, h, w)`` of ``image``'s layers (mode of q).
+        """Clean scaled latents ``(1, L', C, h, w)`` of ``image``'s layers (mode of q).
+
+        ``L'`` is the autoencoder's ``latent_num_layers(num_layers)`` (``num_layers`` or
+        ``2 num_layers - 1``).
 
         Layers beyond ``image.num_layers`` (layers being added) are encoded from zeros; their
         latents are replaced by noise anyway.
@@ -136,9 +154,10 @@ class LayeredEditingMixin:
         encoder_hidden_states, layer_hidden_states, layer_valid = self.prepare_conditions(
             [prompt], layer_prompts, negative_prompt, do_cfg, layer_negatives
         )
-        # 2. clean latents of the input layers; which layers stay fixed
-        clean = self.encode_layers(image, num_layers)  # (1, L, C, h, w)
-        fixed = torch.tensor([[i in set(keep) for i in range(num_layers)]], device=device)
+        # 2. clean latents of the input layers; which latent layers stay fixed
+        clean = self.encode_layers(image, num_layers)  # (1, L', C, h, w)
+        kept = torch.tensor([i in set(keep) for i in range(num_layers)])  # (L,)
+        fixed = kept[latent_layer_index(num_layers, clean.shape[1])][None].to(device)  # (1, L')
         # 3. timesteps: the whole schedule, or its last `strength` fraction when restyling
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps

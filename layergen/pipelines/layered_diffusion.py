@@ -502,7 +502,8 @@ class LayeredDiffusionPipeline(LayeredEditingMixin, DiffusionPipeline):
             layer_prompts: None, ``"auto"`` (noun phrases of the prompt), ``L`` strings (index
                 0 the background) for every prompt, or one list per prompt (L may differ;
                 shorter ones are padded and masked with ``layer_valid``).
-            num_layers: L = K + 1 when no layer prompts are given (checked otherwise).
+            num_layers: number of layers including the background, L = K + 1; used when no
+                layer prompts are given (foreground prompts then empty), checked otherwise.
             negative_prompt: global negative prompt(s); overrides LayerDiff's global negative.
             num_inference_steps: scheduler steps.
             guidance_scale: classifier-free guidance weight ``w`` (> 1 enables guidance).

@@ -4,12 +4,14 @@ Text2Layer Tables I-II (K = 1): CaT²I-AE-SD, CaT²I-AE-SD (no-sup), SD-AE-UNet 
 single-image AutoencoderKL trained on composites standing in for SD's VAE, applied to F, B
 and m separately) and the text-to-image baseline SD-LAION-L²I (the same UNet on latents of
 the composite alone, through that AutoencoderKL; scored on its composites only); LayerDiff
-Table 2: the layer-specific prompt enhancer none / S / S + C
-(per-layer autoencoder, 1-2 foregrounds). Every model is trained with ``train.py``'s
-LightningCLI and the configs in ``configs/repro/``, then scored by the synthetic benchmark
-(``layergen.benchmark``): Fréchet distance in the probe's feature space stands in for FID,
-layer-prompt adherence for the CLIP score, IoU against the trained segmenter for the IoU
-against ICON. Finished stages are skipped when the script is run again.
+Table 2: the layer-specific prompt enhancer none / S / S + C (per-layer autoencoder, 1-2
+foregrounds). The layered autoencoders and all diffusion models are trained with
+``train.py``'s LightningCLI and the configs in ``configs/repro/``; the composite
+AutoencoderKL is trained by the plain loop of :func:`train_composite_vae`. Everything is
+scored by the synthetic benchmark (``layergen.benchmark``): Fréchet distance in the probe's
+feature space stands in for FID, layer-prompt adherence for the CLIP score, IoU against the
+trained segmenter for the IoU against ICON. Finished stages are skipped when the script is
+run again.
 
     python scripts/reproduce_tables.py --out repro_runs --ae-steps 300 --ldm-steps 300
     python scripts/reproduce_tables.py --only text2layer --budget-minutes 5   # per training

@@ -11,6 +11,7 @@ from layergen.metrics import FidelityMetrics
 from layergen.metrics.evaluation import (
     EvaluationSettings,
     check_resume,
+    generate_missing,
     load_references,
     run_evaluation,
 )
@@ -73,6 +74,30 @@ def test_resume_refuses_other_settings(tmp_path):
     check_resume(tmp_path, EvaluationSettings(model="a", steps=2, batch_size=4))  # not a generation key
     with pytest.raises(ValueError, match="steps=2"):
         check_resume(tmp_path, EvaluationSettings(model="a", steps=3))
+    # sample i is the same test scene whatever the count: a run can be extended
+    check_resume(tmp_path, EvaluationSettings(model="a", steps=2, num_samples=8))
+    changes = [({"size": 64}, "size=None"), ({"min_foregrounds": 2}, "min_foregrounds=1"),
+               ({"max_foregrounds": 2}, "max_foregrounds=3"), ({"autoencoder": "ae"}, "autoencoder=None")]
+    for change, message in changes:
+        with pytest.raises(ValueError, match=message):
+            check_resume(tmp_path, EvaluationSettings(model="a", steps=2, **change))
+
+
+def test_resume_refuses_samples_of_other_prompts(tmp_path):
+    def never_called(**kwargs):
+        raise AssertionError("nothing should be generated")
+
+    settings = EvaluationSettings(model="a", batch_size=2)
+    references = load_references("synthetic", 2, size=32)
+    store = SampleStore(tmp_path)
+    for i, reference in enumerate(references):
+        store.save(sample_key(i), reference)
+    assert [g.prompt for g in generate_missing(never_called, references, store, settings)] == [
+        r.prompt for r in references]
+    changed = load_references("synthetic", 2, size=32, seed=1)  # e.g. shards rewritten in place
+    assert changed[0].prompt != references[0].prompt
+    with pytest.raises(ValueError, match="sample_000000.safetensors was generated for .* data changed"):
+        generate_missing(never_called, changed, store, settings)
 
 
 def test_joint_models_keep_matching_layer_counts():
@@ -98,6 +123,30 @@ def test_cli_end_to_end_and_missing_weights(tmp_path, capsys):
             "--batch-size", "2", "--out", str(tmp_path / "eval"), "--no-clip", "--saliency", "none"]
     assert evaluate.main([*args, "--no-fid"]) == 0
     assert "| all | 2 |" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="max_foregrounds=3, this run asks for 2"):
+        evaluate.main([*args, "--no-fid", "--max-foregrounds", "2"])
     assert evaluate.main([*args, "--inception-weights", str(tmp_path / "missing.pth")]) == 2
     err = capsys.readouterr().err
     assert "weights-inception-2015-12-05" in err and "--inception-weights" in err
+
+
+def test_cli_missing_generator_and_saliency_weights(tmp_path, capsys):
+    out = ["--num-samples", "1", "--steps", "1", "--out", str(tmp_path / "eval"), "--no-fid",
+           "--no-clip"]
+    checkpoint = tmp_path / "diffusion.ckpt"
+    checkpoint.write_bytes(b"")
+    model_dir = tmp_path / "pipe"
+    tiny_pipeline(tmp_path / "models").save_pretrained(model_dir)
+    cases = [
+        (["--model", str(tmp_path / "no-pipe")], "--model", "no-pipe", "save_pretrained"),
+        (["--ckpt", str(tmp_path / "no.ckpt")], "--ckpt", "no.ckpt", "checkpoints/"),
+        (["--ckpt", str(checkpoint), "--autoencoder", str(tmp_path / "no-ae")], "--autoencoder",
+         "no-ae", "copy the autoencoder"),
+        (["--model", str(model_dir), "--saliency", str(tmp_path / "no-saliency")], "--saliency",
+         "no-saliency", "huggingface-cli download"),
+    ]
+    for argv, argument, missing, where in cases:
+        assert evaluate.main([*argv, *out]) == 2, argument
+        err = capsys.readouterr().err.lower()
+        assert argument in err and missing in err and where.lower() in err
+    assert not (tmp_path / "eval" / "samples").exists()  # failed before any generation

@@ -85,6 +85,25 @@ def test_clean_resize_quantises_and_resizes():
     assert clean_resize(x, 20).shape == (1, 3, 20, 20)
 
 
+@pytest.mark.parametrize(("shape", "size"), [((2, 3, 64, 48), 20), ((1, 3, 11, 13), 40)])
+def test_clean_resize_matches_pil_float_bicubic(shape, size):
+    # clean-fid's "clean" resizer: PIL BICUBIC on each uint8 channel as a float image, no
+    # quantisation after the resize.
+    import numpy as np
+    from PIL import Image
+
+    levels = np.random.default_rng(0).integers(0, 256, shape).astype(np.float32)
+    expected = np.stack([
+        np.stack([np.asarray(Image.fromarray(c).resize((size, size), Image.Resampling.BICUBIC))
+                  for c in image])
+        for image in levels
+    ]).clip(0, 255) / 255
+    out = clean_resize(torch.from_numpy(levels) / 127.5 - 1, size)
+    assert out.shape == (shape[0], 3, size, size) and out.dtype == torch.float32
+    assert torch.allclose(out, torch.from_numpy(expected), atol=1e-5, rtol=0)
+    assert (out * 255 - (out * 255).round()).abs().max() > 0.1  # not re-quantised
+
+
 def test_inception_missing_weights_error(tmp_path, monkeypatch):
     monkeypatch.delenv("LAYERGEN_INCEPTION_WEIGHTS", raising=False)
     with pytest.raises(MissingWeightsError, match="weights-inception-2015-12-05"):
@@ -196,6 +215,40 @@ def test_clip_score_matches_hand_computation(tmp_path):
     assert [s.shape[0] for s in per_layer] == [3, 2]
     with pytest.raises(ValueError, match="texts"):
         scorer.score(images, texts[:1])
+
+
+class _ProjectedFeatures(nn.Module):
+    """A CLIPModel whose ``get_*_features`` return tensors, as torchmetrics 1.9 expects
+    (transformers 5 returns model outputs holding them in ``pooler_output``)."""
+
+    def __init__(self, clip) -> None:
+        super().__init__()
+        self.clip = clip
+        self.config = clip.config
+
+    def get_image_features(self, pixel_values):
+        return self.clip.get_image_features(pixel_values=pixel_values).pooler_output
+
+    def get_text_features(self, input_ids, attention_mask):
+        output = self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+        return output.pooler_output
+
+
+def test_clip_score_matches_torchmetrics(tmp_path):
+    from torchmetrics.functional.multimodal import clip_score
+
+    _save_tiny_clip(tmp_path)
+    scorer = CLIPScorer(tmp_path)
+    levels = torch.round((_images(4, 0) + 1) * 127.5).to(torch.uint8)  # (4, 3, 32, 32)
+    texts = ["a small yellow triangle", "a blue circle", "the background", "a green square"]
+    ours = scorer.score(levels.float() / 127.5 - 1, texts)
+    # torchmetrics averages over its batch: one call per pair gives per-sample scores.
+    reference = torch.stack([
+        clip_score(image, text, lambda: (_ProjectedFeatures(scorer.model), scorer.processor))
+        for image, text in zip(levels, texts)
+    ]).detach()
+    assert torch.allclose(ours, reference, atol=1e-2, rtol=0)  # cosines agree to 1e-4
+    assert (reference == 0).any() and (reference > 1).sum() >= 2  # clamped and positive pairs
 
 
 def test_clip_missing_model_error(tmp_path):

@@ -2,9 +2,11 @@
 
 Text2Layer V-B: the cosine similarity of CLIP image and text embeddings (ViT-L/14);
 LayerDiff 4.2 reports the same score (RN50). We follow torchmetrics' ``CLIPScore``
-definition, ``100 * max(cos(E_I, E_T), 0)``, per sample, so that scores can be broken down
-by layer count. The model loads with transformers' ``from_pretrained`` by hub id or local
-path; offline, a missing model gives one :class:`MissingWeightsError`.
+definition, ``100 * max(cos(E_I, E_T), 0)``, and its preprocessing (uint8 images through
+the model's processor), per sample, so that scores can be broken down by layer count
+(torchmetrics averages over a batch; tested to agree with it per pair). The model loads
+with transformers' ``from_pretrained`` by hub id or local path; offline, a missing model
+gives one :class:`MissingWeightsError`.
 
 Per-layer scores (LayerDiff's layer prompts): the background layer is scored as it is;
 a foreground layer ``i`` is shown as a viewer would see it alone, ``m_i F_i + (1 - m_i) g``
@@ -78,11 +80,14 @@ class CLIPScorer:
 
     @torch.no_grad()
     def image_embeddings(self, images: Tensor) -> Tensor:
-        """``(N, 3, H, W)`` in [-1, 1] -> L2-normalised ``(N, D)``."""
-        pixels = self.processor(
-            images=list(to_unit(images.float()).clamp(0, 1).cpu()), do_rescale=False,
-            return_tensors="pt",
-        )["pixel_values"].to(self.device)
+        """``(N, 3, H, W)`` in [-1, 1] -> L2-normalised ``(N, D)``.
+
+        The images reach the processor as uint8, as in torchmetrics' ``CLIPScore`` (its
+        resize of uint8 and of float images differs by up to ~0.01).
+        """
+        levels = torch.round(to_unit(images.float()).clamp(0, 1) * 255.0).to(torch.uint8)
+        pixels = self.processor(images=list(levels.cpu()), return_tensors="pt")["pixel_values"]
+        pixels = pixels.to(self.device)
         embeddings = self._pooled(self.model.get_image_features(pixel_values=pixels))
         return torch.nn.functional.normalize(embeddings.float(), dim=-1).cpu()
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from layergen.layers import LayeredImage
 from layergen.metrics.breakdown import Breakdown, layer_group, markdown_table
 from layergen.metrics.clip_score import DEFAULT_CLIP_MODEL, CLIPScorer
-from layergen.metrics.fid import FidelityMetrics
+from layergen.metrics.fid import FidelityMetrics, MissingWeightsError
 from layergen.metrics.mask_iou import SalientMaskFn, foreground_union, layer_mask_ious, mask_iou
 from layergen.metrics.samples import SampleStore, sample_key
 
@@ -44,7 +44,13 @@ REPORT_COLUMNS = (
     "num_samples", "fid", "kid_mean", "clip_score", "clip_background", "clip_foreground",
     "mask_iou_saliency", "mask_iou_reference", "mask_iou_reference_layers",
 )
-GENERATION_KEYS = ("model", "data", "steps", "guidance", "seed")
+# Everything that decides sample ``i`` (its prompt and its noise). ``num_samples`` is not
+# one: test sample ``i`` is the same whatever the count (synthetic scenes are seeded by index,
+# shards are read in order), so a run can be extended; stored prompts are checked as well.
+GENERATION_KEYS = (
+    "model", "autoencoder", "data", "size", "min_foregrounds", "max_foregrounds", "steps",
+    "guidance", "seed",
+)
 
 
 @dataclass
@@ -52,8 +58,10 @@ class EvaluationSettings:
     """What to generate and which metrics to compute.
 
     Attributes:
-        model: the model's name or path (recorded; resuming checks it).
-        data: ``"synthetic"`` or the test shards (recorded; resuming checks it).
+        model: the model's name or path.
+        autoencoder: with a diffusion ``.ckpt``, the autoencoder given (``None``: recorded one).
+        data: ``"synthetic"`` or the test shards.
+        size, min_foregrounds, max_foregrounds: the synthetic test scenes.
         num_samples: test prompts to evaluate.
         steps, guidance, seed: sampling; sample ``i`` uses a generator seeded ``seed + i``.
         batch_size: prompts per pipeline call.
@@ -61,10 +69,16 @@ class EvaluationSettings:
         inception_weights: torch-fidelity Inception ``.pth`` (or ``$LAYERGEN_INCEPTION_WEIGHTS``).
         clip_model: CLIP hub id or path, ``None`` to skip the CLIP scores.
         grid_size: samples on each contact sheet.
+
+    Resuming checks the fields named in :data:`GENERATION_KEYS`.
     """
 
     model: str = ""
+    autoencoder: str | None = None
     data: str = "synthetic"
+    size: int | None = None
+    min_foregrounds: int = 1
+    max_foregrounds: int = 3
     num_samples: int = 256
     steps: int = 50
     guidance: float = 7.5
@@ -130,6 +144,9 @@ def build_saliency(name: str | None, size: int = 64, max_foregrounds: int = 2, s
     ``None``: none; ``"contrast"``: the synthesis pipeline's weight-free colour-contrast
     saliency; ``"segmenter"``: the synthetic benchmark's trained segmenter (synthetic data);
     anything else: a transformers segmentation model by hub id or path.
+
+    Raises:
+        MissingWeightsError: a model id that is neither a local directory nor in the cache.
     """
     if name is None:
         return None
@@ -141,14 +158,25 @@ def build_saliency(name: str | None, size: int = 64, max_foregrounds: int = 2, s
 
     if name == "contrast":
         return ContrastSaliency()
-    return TransformersSaliency(name)
+    try:
+        return TransformersSaliency(name)
+    except (OSError, ValueError) as error:
+        if Path(name).is_dir():  # the model is there but broken: not a download problem
+            raise
+        raise MissingWeightsError(
+            f"--saliency '{name}': no such directory, and no segmentation model of that hub "
+            f"id is available locally ({error.__class__.__name__}). On a machine with "
+            f"internet access run `huggingface-cli download {name} --local-dir DIR`, copy DIR "
+            "here and pass its path with --saliency (or use --saliency contrast, which needs "
+            "no weights)."
+        ) from error
 
 
 def check_resume(out: Path, settings: EvaluationSettings) -> None:
     """Record the generation settings in ``<out>/run.json``; refuse to mix runs.
 
     Raises:
-        ValueError: ``out`` holds samples generated with other settings (names the field).
+        ValueError: ``out`` holds samples generated with other settings (names the setting).
     """
     record = {key: getattr(settings, key) for key in GENERATION_KEYS}
     path = out / "run.json"
@@ -173,6 +201,9 @@ def generate_missing(
     """Generate the samples not yet in ``store`` (batched, with a progress bar), then load all.
 
     Sample ``i`` is prompted with ``references[i]``'s prompt and layer prompts.
+
+    Raises:
+        ValueError: a stored sample was generated for other prompts (the test data changed).
     """
     done = store.done()
     todo = [i for i in range(len(references)) if sample_key(i) not in done]
@@ -192,7 +223,18 @@ def generate_missing(
             for i, image in zip(chunk, output.images):
                 store.save(sample_key(i), image)
             progress.update(len(chunk))
-    return [store.load(sample_key(i)) for i in range(len(references))]
+    generated = [store.load(sample_key(i)) for i in range(len(references))]
+    for image, reference in zip(generated, references):
+        stored = (image.prompt, list(image.layer_prompts))
+        wanted = (reference.prompt, list(reference.layer_prompts))
+        if stored != wanted:
+            key = image.metadata["key"]
+            raise ValueError(
+                f"{store.path(key)} was generated for {stored[0]!r} {stored[1]}, but test "
+                f"sample {key} is {wanted[0]!r} {wanted[1]}: the test data changed; use "
+                "another --out"
+            )
+    return generated
 
 
 def score(
@@ -303,17 +345,48 @@ def run_evaluation(
 def load_generator(model: str | None, ckpt: str | None, autoencoder: str | None = None,
                    device: str = "cpu") -> Any:
     """A ``LayeredDiffusionPipeline`` from a pipeline directory / hub id, or from a diffusion
-    Lightning checkpoint and its autoencoder (by default the one the checkpoint records)."""
+    Lightning checkpoint and its autoencoder (by default the one the checkpoint records).
+
+    Raises:
+        MissingWeightsError: the ``--model``, ``--ckpt`` or ``--autoencoder`` is not on this
+            machine (names the argument and where to put it).
+    """
     from layergen.pipelines import load_pipeline
 
     if ckpt is None:
-        return load_pipeline(model, device=device)
+        try:
+            return load_pipeline(model, device=device)
+        except (OSError, ValueError) as error:
+            if Path(model).is_dir():  # the pipeline is there but broken: not a download problem
+                raise
+            raise MissingWeightsError(
+                f"--model '{model}': no such directory, and no pipeline of that hub id is "
+                f"available locally ({error.__class__.__name__}). Pass the directory a "
+                "LayeredDiffusionPipeline was saved to (save_pretrained, e.g. a training run's "
+                "pretrained/ folder), or download the hub id on a machine with internet access "
+                "(`huggingface-cli download ID --local-dir DIR`), copy DIR here and pass it with "
+                "--model."
+            ) from error
+    if not Path(ckpt).is_file():
+        raise MissingWeightsError(
+            f"--ckpt '{ckpt}' does not exist. Copy the LayeredDiffusionModule checkpoint that "
+            "`train.py fit` wrote (under the run's checkpoints/ folder, e.g. last.ckpt) to this "
+            "machine and pass its path with --ckpt."
+        )
+    argument = "--autoencoder"
     if autoencoder is None:
         from layergen.pipelines.checkpoints import load_lightning_checkpoint
 
         autoencoder = load_lightning_checkpoint(ckpt)[0].get("autoencoder")
         if not autoencoder:
             raise ValueError(f"{ckpt}: the checkpoint records no autoencoder; pass --autoencoder")
+        argument = f"the autoencoder recorded in {ckpt}"
+    if not Path(autoencoder).exists():
+        raise MissingWeightsError(
+            f"{argument} '{autoencoder}' does not exist. Copy the autoencoder directory "
+            "(save_pretrained) or its Lightning .ckpt to this machine and pass its path with "
+            "--autoencoder."
+        )
     return load_pipeline(ckpt, autoencoder=autoencoder, device=device)
 
 
@@ -322,20 +395,22 @@ def evaluate_model(args: Any) -> dict[str, Any]:
 
     The metric models are built first, so that missing weights fail before any generation.
     """
-    settings = EvaluationSettings(
-        model=str(args.model or args.ckpt), data=args.data, num_samples=args.num_samples,
-        steps=args.steps, guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
-        fid=not args.no_fid, kid=args.kid, inception_weights=args.inception_weights,
-        clip_model=None if args.no_clip else args.clip_model,
-    )
-    fidelity = (FidelityMetrics(weights_path=args.inception_weights, compute_kid=args.kid)
-                if settings.fid else None)
-    clip = CLIPScorer(args.clip_model, device=args.device) if settings.clip_model else None
+    fidelity = (None if args.no_fid
+                else FidelityMetrics(weights_path=args.inception_weights, compute_kid=args.kid))
+    clip = None if args.no_clip else CLIPScorer(args.clip_model, device=args.device)
     pipe = load_generator(args.model, args.ckpt, args.autoencoder, args.device)
     pipe.set_progress_bar_config(disable=True)
     from layergen.data.shapes import MIN_SIZE
 
     size = args.size or max(pipe.default_size, MIN_SIZE)
+    settings = EvaluationSettings(
+        model=str(args.model or args.ckpt), autoencoder=args.autoencoder, data=args.data,
+        size=size, min_foregrounds=args.min_foregrounds, max_foregrounds=args.max_foregrounds,
+        num_samples=args.num_samples, steps=args.steps, guidance=args.guidance, seed=args.seed,
+        batch_size=args.batch_size, fid=not args.no_fid, kid=args.kid,
+        inception_weights=args.inception_weights,
+        clip_model=None if args.no_clip else args.clip_model,
+    )
     references = load_references(args.data, args.num_samples, size, args.min_foregrounds,
                                  args.max_foregrounds, args.seed, pipe.fixed_num_layers)
     saliency = build_saliency(None if args.saliency == "none" else args.saliency, size,

@@ -1,11 +1,14 @@
 """FID and KID of composites with clean-fid-style preprocessing (Text2Layer V-B).
 
 Text2Layer measures the fidelity of composited images with Clean-FID (Parmar et al.):
-images are quantised to uint8 as if saved to disk, then resized to the Inception input
-size with an antialiased bicubic filter (PIL's) rather than the aliasing bilinear resize
-of the original TensorFlow code. :func:`clean_resize` does exactly that; the features
-then come from torch-fidelity's Inception-v3 (the network torchmetrics uses), loaded from
-a **local** weights file so that nothing is downloaded at run time.
+images are quantised to uint8 as if saved to disk, then each channel is resized as float
+to the Inception input size with PIL's antialiased ``BICUBIC`` filter (rather than the
+aliasing bilinear resize of the original TensorFlow code) and fed as float, unquantised.
+:func:`clean_resize` does the quantisation and that resize. The features then come from
+torch-fidelity's Inception-v3 (the network torchmetrics uses), loaded from a **local**
+weights file so that nothing is downloaded at run time; that network only accepts uint8,
+so :class:`InceptionFeatures` rounds the resized image to uint8 once more (at most 0.5/255
+per pixel): the one step where FID here differs from clean-fid's.
 
 The statistics are torchmetrics' ``FrechetInceptionDistance`` / ``KernelInceptionDistance``
 fed with precomputed features (:class:`PrecomputedFeatures`), so one Inception pass serves
@@ -43,15 +46,20 @@ class MissingWeightsError(FileNotFoundError):
 
 
 def clean_resize(images: Tensor, size: int = INCEPTION_IMAGE_SIZE) -> Tensor:
-    """Quantise and resize images the way clean-fid does.
+    """Quantise and resize images the way clean-fid does (its ``"clean"`` resizer).
+
+    The images are rounded to uint8 levels, then resized with torch's antialiased bicubic
+    interpolation (``antialias=True``, ``align_corners=False``), which computes PIL's
+    ``BICUBIC`` resize of each channel as a float image (mode ``"F"``, clean-fid's choice)
+    up to float rounding (about 1e-6, tested), clamped to [0, 1] and not quantised again.
+    Images already ``size x size`` are only quantised (PIL's resize is then the identity).
 
     Args:
         images: ``(N, 3, H, W)`` in [-1, 1].
         size: output side.
 
     Returns:
-        ``(N, 3, size, size)`` float in [0, 1]: uint8-quantised, then resized with an
-        antialiased bicubic filter (as PIL's ``BICUBIC``), clamped.
+        ``(N, 3, size, size)`` float in [0, 1].
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images: expected (N, 3, H, W), got {tuple(images.shape)}")
@@ -87,7 +95,9 @@ class InceptionFeatures(nn.Module):
         weights_path: the ``.pth`` file from :data:`INCEPTION_WEIGHTS_URL`.
         feature_dim: one of 64, 192, 768, 2048 (the pool3 features, 2048, for FID).
 
-    ``forward(images (N, 3, S, S) in [0, 1]) -> (N, feature_dim)``.
+    ``forward(images (N, 3, S, S) in [0, 1]) -> (N, feature_dim)``. torch-fidelity's
+    network accepts only uint8, so ``forward`` rounds the images to uint8 levels first
+    (clean-fid feeds its Inception the unquantised float resize).
     """
 
     def __init__(self, weights_path: str | os.PathLike | None = None, feature_dim: int = 2048):

@@ -16,6 +16,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +48,20 @@ class InputShard:
     def name(self) -> str:
         """Output shard name, ``shard-{index:06d}``."""
         return f"shard-{self.index:06d}"
+
+    def identity(self) -> dict[str, Any]:
+        """What output shard ``index`` is made from, recorded in its manifest entry.
+
+        Returns:
+            ``{"url", "files", "bytes"}``: the URL, the folder slice's file names (empty for
+            a tar file) and a local tar file's size (``None`` otherwise).
+        """
+        local_tar = not self.files and os.path.isfile(self.url)
+        return {
+            "url": self.url,
+            "files": [os.path.basename(path) for path in self.files],
+            "bytes": os.path.getsize(self.url) if local_tar else None,
+        }
 
 
 def list_input_shards(inputs: str | Sequence[str], shard_size: int = 1000) -> list[InputShard]:

@@ -2,15 +2,20 @@
 
 * :class:`SynthesisDataModule` lists the input shards (:mod:`.inputs`) and serves, per
   rank and data-loader worker, a disjoint subset of the shards not yet done, as batches of
-  decoded records (:class:`SynthesisBatch`).
+  decoded records (:class:`SynthesisBatch`). A truncated or unreadable input tar ends its
+  shard early: the samples read so far are processed, the sample being read is rejected
+  (reason ``truncated_tar``) and the manifest entry records the shard's ``failure``.
 * :class:`SynthesisModule`'s ``predict_step`` runs a :class:`SynthesisChain` on a batch.
 * :class:`ShardPredictionWriter` streams the kept samples of input shard ``i`` into
   ``shard-{i:06d}.tar`` (layered shard format) and the rejects into
   ``rejects/shard-{i:06d}.tar``, both through temporary files renamed when the shard is
-  complete, then writes ``manifest/shard-{i:06d}.json``. A shard with a manifest entry is
-  skipped on a re-run, a shard without one is redone from the start, so a killed job
-  re-run neither loses nor duplicates a sample. At the end rank 0 writes ``summary.json``:
-  per-stage time, samples/s, kept and rejected counts by reason.
+  complete, then writes ``manifest/shard-{i:06d}.json``, which records the input the
+  shard was made from (:meth:`~.inputs.InputShard.identity`). A shard with a manifest entry
+  is skipped on a re-run, a shard without one is redone from the start, so a killed job
+  re-run neither loses nor duplicates a sample; a re-run first removes the temporary files
+  a killed run left, and refuses to resume when the inputs no longer match the manifest.
+  At the end rank 0 writes ``summary.json``: per-stage time, samples/s, kept and rejected
+  counts by reason, failed shards.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import io
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +39,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from layergen.data.codec import ShardError
 from layergen.layers import chw_to_hwc, to_unit, unit_to_uint8
 from layergen.synthesis.base import SynthesisChain, SynthesisRecord, SynthesisStats
 from layergen.synthesis.inputs import InputShard, decode_record, iter_raw_samples, list_input_shards
@@ -42,6 +49,7 @@ logger = logging.getLogger(__name__)
 MANIFEST_DIR = "manifest"
 REJECTS_DIR = "rejects"
 SUMMARY_FILE = "summary.json"
+TEMPORARY = re.compile(r"\.tmp\d+$")  # suffix of the files written before os.replace
 
 
 def manifest_path(output_dir: str, shard: InputShard) -> str:
@@ -58,45 +66,83 @@ def write_json_atomic(path: str, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def stale_temporaries(output_dir: str) -> list[str]:
+    """The temporary files in ``output_dir``, its rejects and its manifest (left by a kill)."""
+    folders = [output_dir] + [
+        os.path.join(output_dir, name) for name in (REJECTS_DIR, MANIFEST_DIR)
+    ]
+    return [
+        os.path.join(folder, name)
+        for folder in folders
+        if os.path.isdir(folder)
+        for name in sorted(os.listdir(folder))
+        if TEMPORARY.search(name)
+    ]
+
+
+def pending_shards(shards: Sequence[InputShard], output_dir: str) -> list[InputShard]:
+    """The shards without a manifest entry in ``output_dir``.
+
+    Raises:
+        ValueError: naming ``output_dir`` and each finished shard whose recorded input is not
+            the input now at its index (input files added, removed or changed since).
+    """
+    current = {shard.name: shard for shard in shards}
+    directory = os.path.join(output_dir, MANIFEST_DIR)
+    done, mismatches = set(), []
+    for file_name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        if not file_name.endswith(".json"):
+            continue
+        name = file_name.removesuffix(".json")
+        with open(os.path.join(directory, file_name)) as handle:
+            recorded = json.load(handle).get("input")
+        now = current[name].identity() if name in current else None
+        if recorded != now:
+            mismatches.append(f"{name} was made from {recorded}, its input is now {now}")
+        done.add(name)
+    if mismatches:
+        raise ValueError(
+            f"cannot resume {output_dir}: the inputs differ from those its finished shards were "
+            "made from (use a new output dir, or delete those shards' manifest entries to redo "
+            "them): " + "; ".join(mismatches)
+        )
+    return [shard for shard in shards if shard.name not in done]
+
+
 @dataclass
 class SynthesisBatch:
-    """Consecutive records of one input shard; ``last`` marks the shard's final batch."""
+    """Consecutive records of one input shard; ``last`` marks the shard's final batch.
+
+    ``failure`` (final batch only) says why the input shard could not be read to its end.
+    """
 
     shard: InputShard
     records: list[SynthesisRecord]
     last: bool
     stats: SynthesisStats = field(default_factory=SynthesisStats)
+    failure: str | None = None
 
 
 class SynthesisDataset(IterableDataset):
-    """Batches of decoded records over the input shards not yet done.
+    """Batches of decoded records over the input shards to do.
 
-    Shards are divided among DDP ranks and data-loader workers (shard ``j`` of the pending
-    list goes to global worker ``j mod (world_size * num_workers)``); each shard is read by
-    exactly one worker, in order, so its batches reach the writer in order.
+    Shards are divided among DDP ranks and data-loader workers (shard ``j`` of the list
+    goes to global worker ``j mod (world_size * num_workers)``); each shard is read by
+    exactly one worker, in order, so its batches reach the writer in order. Every rank must
+    be given the same list (see :meth:`SynthesisDataModule.setup`).
 
     Args:
-        shards: all input shards.
-        output_dir: output folder (its manifest says which shards are done).
+        shards: the input shards to do.
         batch_size: records per batch.
         resolution: square size of the decoded images (``None``: keep the size).
     """
 
     def __init__(
-        self, shards: Sequence[InputShard], output_dir: str, batch_size: int, resolution: int | None
+        self, shards: Sequence[InputShard], batch_size: int, resolution: int | None
     ) -> None:
         self.shards = list(shards)
-        self.output_dir = output_dir
         self.batch_size = batch_size
         self.resolution = resolution
-
-    def pending(self) -> list[InputShard]:
-        """The shards without a manifest entry."""
-        return [
-            shard
-            for shard in self.shards
-            if not os.path.exists(manifest_path(self.output_dir, shard))
-        ]
 
     def __iter__(self) -> Iterator[SynthesisBatch]:
         rank, world_size = (
@@ -107,17 +153,28 @@ class SynthesisDataset(IterableDataset):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         slot, slots = rank * num_workers + worker, world_size * num_workers
-        for shard in self.pending()[slot::slots]:
+        for shard in self.shards[slot::slots]:
             yield from self._batches(shard)
 
     def _batches(self, shard: InputShard) -> Iterator[SynthesisBatch]:
         records: list[SynthesisRecord] = []
-        for key, files in iter_raw_samples(shard):
-            if len(records) == self.batch_size:
-                yield SynthesisBatch(shard, records, last=False)
-                records = []
-            records.append(decode_record(key, files, self.resolution, shard))
-        yield SynthesisBatch(shard, records, last=True)
+        failure = None
+        try:
+            for key, files in iter_raw_samples(shard):
+                if len(records) == self.batch_size:
+                    yield SynthesisBatch(shard, records, last=False)
+                    records = []
+                records.append(decode_record(key, files, self.resolution, shard))
+        except ShardError as error:
+            failure = f"{error.reason}: {error.detail}"
+            logger.warning("%s (%s) ends early: %s", shard.name, shard.url, error)
+            if error.key:  # the sample being read when the shard broke off
+                record = SynthesisRecord(
+                    error.key, None, source={"key": error.key, "shard": shard.url}
+                )
+                record.reject(failure)
+                records.append(record)
+        yield SynthesisBatch(shard, records, last=True, failure=failure)
 
 
 def _identity(batch: SynthesisBatch) -> SynthesisBatch:
@@ -152,10 +209,26 @@ class SynthesisDataModule(pl.LightningDataModule):
         self.resolution = resolution
         self.num_workers = num_workers
         self.shard_size = shard_size
+        self.pending: list[InputShard] = []
+
+    def setup(self, stage: str) -> None:
+        """Remove stale temporaries (rank 0), check the manifest and list the shards to do.
+
+        Lightning runs ``setup`` on every rank between two barriers, before any rank writes a
+        shard, so all ranks divide the same list.
+
+        Raises:
+            ValueError: if the inputs differ from those of the finished shards.
+        """
+        shards = list_input_shards(self.inputs, self.shard_size)
+        if self.trainer is None or self.trainer.is_global_zero:
+            for path in stale_temporaries(self.output_dir):
+                logger.info("removing %s, left by an interrupted run", path)
+                os.remove(path)
+        self.pending = pending_shards(shards, self.output_dir)
 
     def predict_dataloader(self) -> DataLoader:
-        shards = list_input_shards(self.inputs, self.shard_size)
-        dataset = SynthesisDataset(shards, self.output_dir, self.batch_size, self.resolution)
+        dataset = SynthesisDataset(self.pending, self.batch_size, self.resolution)
         return DataLoader(
             dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_identity
         )
@@ -242,6 +315,7 @@ class ShardPredictionWriter(BasePredictionWriter):
                     state["rejects"].write(_encode_reject(record))
                 state["rejected"][record.key] = record.rejection
         state["stats"].merge(prediction.stats)
+        state["failure"] = prediction.failure
         if prediction.last:
             self._finish(prediction.shard)
 
@@ -254,6 +328,7 @@ class ShardPredictionWriter(BasePredictionWriter):
             "rejected": {},
             "stats": SynthesisStats(),
             "rejects": None,
+            "failure": None,
         }
         state["writer"] = wds.TarWriter(state["tmp"])
         if self.write_rejects:
@@ -273,8 +348,8 @@ class ShardPredictionWriter(BasePredictionWriter):
             os.replace(state["rejects_tmp"], state["rejects_final"])
         stats: SynthesisStats = state["stats"]
         entry = {
-            "input": shard.url,
-            "input_files": len(shard.files),
+            "input": shard.identity(),
+            "failure": state["failure"],
             "output": os.path.basename(state["final"]),
             "kept_keys": state["keys"],
             "rejected": state["rejected"],
@@ -287,12 +362,24 @@ class ShardPredictionWriter(BasePredictionWriter):
             "%s: kept %d, rejected %d", shard.name, stats.kept, sum(stats.rejected.values())
         )
 
-    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for name in list(self._open):
-            logger.warning("%s: incomplete at the end of the run; it will be redone", name)
-            state = self._open.pop(name)
+    def _discard_open(self) -> None:
+        """Close and delete the temporary files of the shards not finished."""
+        for name, state in self._open.items():
+            logger.warning("%s: not finished in this run; it will be redone", name)
             state["writer"].close()
             os.remove(state["tmp"])
+            if state["rejects"] is not None:
+                state["rejects"].close()
+                os.remove(state["rejects_tmp"])
+        self._open.clear()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._discard_open()
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._discard_open()
         elapsed = time.perf_counter() - self._start
         stage_names = sorted(self.provenance)
         local = torch.tensor(
@@ -319,14 +406,18 @@ class ShardPredictionWriter(BasePredictionWriter):
 
 
 def summarize(output_dir: str) -> dict[str, Any]:
-    """Totals over every finished shard of ``output_dir`` (all runs): counts and stage times."""
+    """Totals over every finished shard of ``output_dir`` (all runs): counts, stage times and
+    the failed shards with their reasons."""
     directory = os.path.join(output_dir, MANIFEST_DIR)
     total = SynthesisStats()
-    shards = 0
+    shards, failed = 0, {}
     for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
         if name.endswith(".json"):
             with open(os.path.join(directory, name)) as handle:
-                total.merge(SynthesisStats.from_dict(json.load(handle)["stats"]))
+                entry = json.load(handle)
+            total.merge(SynthesisStats.from_dict(entry["stats"]))
+            if entry.get("failure"):
+                failed[name.removesuffix(".json")] = entry["failure"]
             shards += 1
     seconds = sum(total.seconds.values())
     return {
@@ -334,6 +425,7 @@ def summarize(output_dir: str) -> dict[str, Any]:
         "samples": total.total,
         "kept": total.kept,
         "rejected": dict(total.rejected),
+        "failed_shards": failed,
         "stage_seconds": total.seconds,
         "stage_share": {name: value / seconds for name, value in total.seconds.items()}
         if seconds > 0

@@ -219,7 +219,7 @@ def test_demo_config_fast_dev_run(tmp_path, monkeypatch):
     )  # fmt: skip
     assert cli.trainer.global_step == 1
     assert isinstance(cli.model.autoencoder, PerLayerAutoencoder)
-    assert cli.model.autoencoder.downsample_factor == 4
+    assert cli.model.autoencoder.downsample_factor == 2  # 16x16 latents of 32x32 scenes
 
 
 @pytest.mark.slow

@@ -273,9 +273,10 @@ class SkipReport(pl.Callback):
     """
 
     def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        counters = getattr(trainer.datamodule, "skip_counters", None)
-        if not counters or stage not in counters:
-            return
+        datamodule = trainer.datamodule
+        counters = getattr(datamodule, "skip_counters", None)
+        if not counters or stage not in counters or getattr(datamodule, "synthetic", False):
+            return  # synthetic scenes are never bad input
         counts = counters[stage].counts()
         for reason, count in counts.items():
             pl_module.log(

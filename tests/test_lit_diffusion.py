@@ -210,12 +210,14 @@ def test_cached_latents_train_like_images(assets, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu(assets, tmp_path):
+    # (Lightning runs FSDP on GPUs only: configs/ldm_fsdp.yaml is parsed in test_configs.py)
     config = {
         "seed_everything": 0,
         "trainer": {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_steps": 2,
                     "default_root_dir": str(tmp_path),
                     "limit_val_batches": 1, "val_check_interval": 2, "logger": False,
-                    "enable_checkpointing": False, "enable_progress_bar": False},
+                    "enable_checkpointing": False, "enable_progress_bar": False,
+                    "callbacks": [{"class_path": "layergen.lit.callbacks.SavePretrained"}]},
         "model": {"class_path": "layergen.lit.diffusion.LayeredDiffusionModule",
                   "init_args": {"autoencoder": str(assets / "ae"), "text_encoder": str(assets / "te"),
                                 "unet_config": UNET_CONFIG, "prompt_enhancer_heads": 2}},
@@ -229,6 +231,9 @@ def test_ddp_two_processes_on_cpu(assets, tmp_path):
                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "max_steps=2" in result.stderr + result.stdout
+    # the exported pipeline holds the full (gathered) EMA UNet
+    unet = LayeredUNet.from_pretrained(tmp_path / "pretrained" / "unet")
+    assert torch.isfinite(next(unet.parameters())).all()
 
 
 @pytest.mark.parametrize("layout", ["stacked", "folded"])

@@ -73,29 +73,41 @@ def test_psnr_hand_made():
 
 
 class IdentityAutoencoder(torch.nn.Module):
-    """Encodes a layered batch as itself: a perfect per-layer autoencoder."""
+    """Encodes a layered batch as itself: a perfect per-layer autoencoder.
+
+    Padded layers (all-zero masks) decode to the mask ``pad_mask``, as an untrained decoder
+    may: they are not part of the scene and must not reach the scores.
+    """
 
     per_layer = True
 
-    def __init__(self):
+    def __init__(self, pad_mask: float = 0.0):
         super().__init__()
         self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.pad_mask = pad_mask
 
-    def encode(self, images, masks):
+    def encode(self, images, masks, layer_valid=None):
         z = torch.cat([images, masks], dim=2)
         return SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: z))
 
     def decode(self, latents, num_layers=None):
-        return SimpleNamespace(images=latents[:, :, :3], masks=latents[:, :, 3:], composite=None)
+        masks = latents[:, :, 3:].clone()
+        padded = masks.flatten(2).amax(2) == 0  # (B, L)
+        masks[padded] = self.pad_mask
+        return SimpleNamespace(images=latents[:, :, :3], masks=masks, composite=None)
 
 
-def test_autoencoder_metrics_perfect_reconstruction():
+@pytest.mark.parametrize("pad_mask", [0.0, 0.5])
+def test_autoencoder_metrics_perfect_reconstruction(pad_mask):
     scenes = ShapeScenes(size=32, min_foregrounds=1, max_foregrounds=3, length=6)
-    summary = autoencoder_metrics(IdentityAutoencoder(), [scenes[i] for i in range(6)], batch_size=4)
+    model = IdentityAutoencoder(pad_mask)
+    summary = autoencoder_metrics(model, [scenes[i] for i in range(6)], batch_size=4)
     assert summary["all"]["num_samples"] == 6
     assert summary["all"]["psnr_composite"] > 60 and summary["all"]["psnr_background"] == 100.0
     assert summary["all"]["mask_iou"] == 1.0 and summary["all"]["mask_mae"] == 0.0
     assert sum(summary[g]["num_samples"] for g in ("2", "3", "4") if g in summary) == 6
+    # every group, including the scenes padded with layers they do not have
+    assert all(summary[g]["psnr_composite"] > 60 for g in ("2", "3", "4") if g in summary)
 
 
 def test_score_generated_rejects_layer_mismatch():

@@ -91,10 +91,12 @@ def autoencoder_metrics(
         chunk = list(scenes[start:start + batch_size])
         batch = LayeredBatch.collate(chunk, num_layers=fixed).to(device)
         num_layers = batch.images.shape[1]
-        latents = autoencoder.encode(batch.images, batch.masks).latent_dist.mode()
+        latents = autoencoder.encode(batch.images, batch.masks, batch.layer_valid).latent_dist.mode()
         out = autoencoder.decode(latents, num_layers=num_layers)
         images, masks = out.images.float().clamp(-1, 1).cpu(), out.masks.float().cpu()
         target = batch.to("cpu")
+        # padded layers (fewer foregrounds than L) are not part of the scene
+        masks = masks * target.layer_valid[:, :, None, None, None].to(masks.dtype)
         composite = composite_layers(images, masks[:, 1:])  # (B, 3, H, W)
         for b, sample in enumerate(chunk):
             n, k = sample.num_layers, sample.num_foregrounds

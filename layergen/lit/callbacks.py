@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torchvision.utils import make_grid
@@ -36,11 +38,23 @@ class SavePretrained(pl.Callback):
         self.dirpath = dirpath
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Export on rank zero, then wait for the other ranks."""
+        """Export on rank zero, then wait for the other ranks.
+
+        Under FSDP every rank first gathers the full parameters (a collective), so that rank
+        zero writes whole tensors rather than its shard.
+        """
         directory = Path(self.dirpath or Path(trainer.default_root_dir) / "pretrained")
-        if trainer.is_global_zero:
-            pl_module.export_pretrained(directory)
-            logger.info("exported %s to %s", type(pl_module).__name__, directory)
+        gathered = contextlib.nullcontext()
+        if isinstance(trainer.strategy, FSDPStrategy):
+            from torch.distributed.fsdp import FullyShardedDataParallel
+
+            gathered = FullyShardedDataParallel.summon_full_params(
+                trainer.strategy.model, writeback=False
+            )
+        with gathered:
+            if trainer.is_global_zero:
+                pl_module.export_pretrained(directory)
+                logger.info("exported %s to %s", type(pl_module).__name__, directory)
         trainer.strategy.barrier("SavePretrained")
 
 

@@ -326,7 +326,9 @@ def test_truncated_input_tar_is_a_recorded_shard_failure(input_shards, tmp_path)
     assert total["samples"] == NUM_SHARDS * PER_SHARD - 1  # s2_2 lies beyond the break
     assert total["shards"] == NUM_SHARDS
     with open(os.path.join(output, "summary.json")) as handle:
-        assert json.load(handle)["total"]["failed_shards"] == total["failed_shards"]
+        summary = json.load(handle)
+    assert summary["total"]["failed_shards"] == total["failed_shards"]
+    assert "failed shard shard-000002: " in format_summary(summary)
 
 
 def test_no_temporary_files_after_a_run_or_a_resume(input_shards, tmp_path):

@@ -51,4 +51,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"  {name:<16} {seconds:8.2f} s  {100 * total['stage_share'].get(name, 0.0):5.1f}%"
         for name, seconds in total["stage_seconds"].items()
     ]
+    lines += [
+        f"failed shard {shard}: {failure}"
+        for shard, failure in total.get("failed_shards", {}).items()
+    ]
     return "\n".join(lines)

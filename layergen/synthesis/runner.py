@@ -403,6 +403,7 @@ class ShardPredictionWriter(BasePredictionWriter):
             summary = {"run": run, "total": summarize(self.output_dir)}
             write_json_atomic(os.path.join(self.output_dir, SUMMARY_FILE), summary)
             logger.info("synthesis summary: %s", json.dumps(summary))
+        trainer.strategy.barrier("synthesis summary")  # every rank may read it afterwards
 
 
 def summarize(output_dir: str) -> dict[str, Any]:

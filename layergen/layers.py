@@ -10,6 +10,11 @@ Layer index 0 is the background, layers 1..K the foregrounds, so a layered image
 ``L = K + 1`` layers. Batches mix samples with different K: they are padded to
 ``L = K_max + 1`` layers and carry a boolean ``layer_valid`` of shape ``(B, L)``.
 
+A layered image made from a photograph may also carry that source ``image``: it is not the
+composite (inpainting and mask edges differ) and is the target of the joint autoencoder's
+auxiliary composite head and the FID reference (Text2Layer IV-B, V-B). Without one (synthetic
+scenes), ``image_or_composite()`` falls back to the derived composite.
+
 Value ranges: RGB tensors in [-1, 1], masks in [0, 1].
 """
 
@@ -181,6 +186,7 @@ class LayeredImage:
         prompt: global caption.
         layer_prompts: ``K + 1`` strings; index 0 is the background ("the background").
         metadata: free-form JSON-serialisable data (source, scores, depth, key, ...).
+        image: ``(3, H, W)`` float in [-1, 1], the source photograph, or None (synthetic).
     """
 
     background: Tensor
@@ -189,6 +195,7 @@ class LayeredImage:
     prompt: str = ""
     layer_prompts: list[str] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    image: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.layer_prompts is None:
@@ -223,6 +230,10 @@ class LayeredImage:
         """``(3, H, W)`` composite in [-1, 1] (eq. 1)."""
         return composite_layers(self.layer_images(), self.masks)
 
+    def image_or_composite(self) -> Tensor:
+        """``(3, H, W)``: the source image if there is one, else the composite."""
+        return self.image if self.image is not None else self.composite()
+
     def validate(self, mask_sum_tolerance: float = MASK_SUM_TOLERANCE) -> LayeredImage:
         """Check shapes, ranges and prompts; raise ``LayeredImageError`` naming the field."""
         if self.background.ndim != 3 or self.background.shape[0] != 3:
@@ -242,9 +253,14 @@ class LayeredImage:
             raise LayeredImageError(
                 f"masks: expected shape ({k}, 1, {height}, {width}), got {tuple(self.masks.shape)}"
             )
-        for name in ("background", "foregrounds", "masks"):
+        if self.image is not None and tuple(self.image.shape) != (3, height, width):
+            raise LayeredImageError(
+                f"image: expected shape (3, {height}, {width}), got {tuple(self.image.shape)}"
+            )
+        rgb = ("background", "foregrounds") + (("image",) if self.image is not None else ())
+        for name in (*rgb, "masks"):
             _check_finite(name, getattr(self, name))
-        for name in ("background", "foregrounds"):
+        for name in rgb:
             x = getattr(self, name)
             if x.min() < -1.0 - 1e-4 or x.max() > 1.0 + 1e-4:
                 raise LayeredImageError(
@@ -348,6 +364,7 @@ class LayeredImage:
             background=self.background.to(*args, **kwargs),
             foregrounds=self.foregrounds.to(*args, **kwargs),
             masks=self.masks.to(*args, **kwargs),
+            image=self.image.to(*args, **kwargs) if self.image is not None else None,
         )
 
 
@@ -368,6 +385,8 @@ class LayeredBatch:
         prompts: B global prompts.
         layer_prompts: B lists of L strings (padded with "").
         metadata: B dicts.
+        image: ``(B, 3, H, W)`` in [-1, 1]: each sample's source image, or its composite where
+            it has none; None when no sample has one.
     """
 
     images: Tensor
@@ -376,6 +395,7 @@ class LayeredBatch:
     prompts: list[str]
     layer_prompts: list[list[str]]
     metadata: list[dict[str, Any]] = field(default_factory=list)
+    image: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -393,6 +413,10 @@ class LayeredBatch:
     def composite(self) -> Tensor:
         """``(B, 3, H, W)`` composite in [-1, 1] (eq. 1)."""
         return composite_layers(self.images, self.masks)
+
+    def image_or_composite(self) -> Tensor:
+        """``(B, 3, H, W)``: the source images if the batch has them, else the composites."""
+        return self.image if self.image is not None else self.composite()
 
     @classmethod
     def collate(cls, samples: Sequence[LayeredImage], num_layers: int | None = None) -> LayeredBatch:
@@ -425,6 +449,7 @@ class LayeredBatch:
             masks[b, :n] = s.layer_masks()
             valid[b, :n] = True
             layer_prompts.append(list(s.layer_prompts) + [""] * (num_layers - n))
+        has_image = any(s.image is not None for s in samples)
         return cls(
             images=images,
             masks=masks,
@@ -432,10 +457,11 @@ class LayeredBatch:
             prompts=[s.prompt for s in samples],
             layer_prompts=layer_prompts,
             metadata=[dict(s.metadata) for s in samples],
+            image=torch.stack([s.image_or_composite() for s in samples]) if has_image else None,
         )
 
     def unbatch(self) -> list[LayeredImage]:
-        """Split into ``LayeredImage``s, dropping padded layers."""
+        """Split into ``LayeredImage``s, dropping padded layers (``image`` as batched)."""
         out = []
         for b in range(len(self)):
             n = int(self.layer_valid[b].sum())
@@ -447,6 +473,7 @@ class LayeredBatch:
                     prompt=self.prompts[b],
                     layer_prompts=self.layer_prompts[b][:n],
                     metadata=dict(self.metadata[b]) if self.metadata else {},
+                    image=self.image[b] if self.image is not None else None,
                 )
             )
         return out
@@ -460,4 +487,5 @@ class LayeredBatch:
             images=self.images.to(*args, **kwargs),
             masks=self.masks.to(*args, **kwargs),
             layer_valid=self.layer_valid.to(*device_args, **device_only),
+            image=self.image.to(*args, **kwargs) if self.image is not None else None,
         )

@@ -67,6 +67,9 @@ CASES = {
         ),
         "invalid_sample",
     ),
+    "corrupt_source_image": (_set("image.png", b"\x89PNG\r\n\x1a\n not an image"), "corrupt_image"),
+    "source_image_wrong_mode": (_set("image.png", _png(Image.new("L", (32, 32)))), "bad_image"),
+    "source_image_wrong_size": (_set("image.png", _png(Image.new("RGB", (16, 32)))), "bad_image"),
     "non_utf8_json": (_set("json", b'{"prompt": "caf\xe9", "K": 2}'), "bad_text"),
     "invalid_json": (_set("json", b'{"prompt": '), "bad_text"),
 }

@@ -1,5 +1,6 @@
 """Tests of LayeredDataModule and the layer-wise transforms."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -99,6 +100,10 @@ def test_resize_and_crop_are_identical_for_every_layer():
     assert torch.allclose(out.foregrounds[1], reference(sample.foregrounds[1]), atol=1e-6)
     assert torch.allclose(out.background, reference(sample.background).clamp(-1, 1), atol=1e-6)
     assert resize_center_crop(out, 32) is out
+    photo = replace(sample, image=torch.rand(3, 40, 60, generator=g) * 2 - 1)
+    out = resize_center_crop(photo, 32)
+    assert torch.allclose(out.image, reference(photo.image).clamp(-1, 1), atol=1e-6)
+    assert torch.equal(horizontal_flip(out).image, out.image.flip(-1))
     assert LayeredTransform(32)(sample).size == (32, 32)
 
 

@@ -3,8 +3,10 @@
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
+from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
+from layergen.models.layer_attention import LayerCollaborativeTransformerBlock
 from layergen.models.layered_unet import LayeredUNet, widen_conv
 
 UNET_CONFIG = dict(
@@ -102,7 +104,7 @@ def test_tiny_sd_unet_loads_through_full_size_path(tmp_path):
         ref = torch.stack([base(x[:, i], t[:, i], g).sample for i in range(L)], dim=1)
         torch.testing.assert_close(model(x, t, g, lh).sample, ref, atol=1e-5, rtol=0)
     # intra-layer attention starts from the SD cross-attention (attn2)
-    wrapper = model.unet.down_blocks[0].attentions[0]
+    wrapper = model.unet.down_blocks[0].attentions[0].transformer_blocks[0]
     attn2 = base.down_blocks[0].attentions[0].transformer_blocks[0].attn2
     torch.testing.assert_close(wrapper.layer_block.intra_layer.attn.to_k.weight, attn2.to_k.weight)
     assert wrapper.layer_block.intra_layer.attn.to_out[0].weight.abs().max() == 0
@@ -191,3 +193,63 @@ def test_stacked_layout_accepts_per_latent_layer_validity():
         per_layer = model(z, 10, g, layer_valid=torch.ones(B, L, dtype=torch.bool)).sample
         per_latent = model(z, 10, g, layer_valid=torch.ones(B, 2 * L - 1, dtype=torch.bool)).sample
     torch.testing.assert_close(per_latent, per_layer)
+
+
+def _record_attention_maps(attn, maps):
+    """Switch ``attn`` to diffusers' plain processor and record its softmax maps."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    attn.set_processor(AttnProcessor())
+    scores = attn.get_attention_scores
+
+    def recording(query, key, attention_mask=None):
+        probs = scores(query, key, attention_mask)
+        maps.append(probs)
+        return probs
+
+    attn.get_attention_scores = recording
+
+
+def test_intra_layer_attention_maps_equal_sd_cross_attention_at_init():
+    # LayerDiff 3.2.2 / A.1: the layer block runs on the transformer's inner tokens, where
+    # attn2 was trained. With the SD block's attn2 output and FFN silenced, the tokens after
+    # the block are those attn2 attends from, so at init the intra-layer maps equal SD's
+    # cross-attention maps for the same text (after proj_out they would not).
+    base = base_unet()
+    with torch.no_grad():
+        for block in base.modules():
+            if isinstance(block, BasicTransformerBlock):
+                block.attn2.to_out[0].weight.zero_()
+                block.attn2.to_out[0].bias.zero_()
+                block.ff.net[-1].weight.zero_()
+                block.ff.net[-1].bias.zero_()
+    model = LayeredUNet.from_unet(base, prompt_enhancer="none").eval()
+    sd_maps, intra_maps = [], []
+    wrappers = [m for m in model.modules() if isinstance(m, LayerCollaborativeTransformerBlock)]
+    assert len(wrappers) == 4
+    for wrapper in wrappers:
+        _record_attention_maps(wrapper.block.attn2, sd_maps)
+        _record_attention_maps(wrapper.layer_block.intra_layer.attn, intra_maps)
+    x, t, g, _ = inputs()
+    with torch.no_grad():
+        model(x, t, g, g[:, None].expand(B, L, S, D))
+    assert len(sd_maps) == len(intra_maps) == 4
+    for sd, intra in zip(sd_maps, intra_maps):
+        assert sd.shape == intra.shape and sd.shape[-1] == S
+        torch.testing.assert_close(intra, sd, atol=1e-5, rtol=0)
+
+
+def test_pipeline_saved_with_the_old_block_placement_is_refused(tmp_path):
+    model = LayeredUNet.from_unet(base_unet(), prompt_enhancer_heads=2)
+    model.save_pretrained(tmp_path / "unet")
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(path)
+    old = {}
+    for key, value in state.items():  # the layout before the layer blocks moved inside
+        key = key.replace(".transformer_blocks.0.layer_block.", ".layer_block.")
+        old[key.replace(".transformer_blocks.0.block.", ".transformer.transformer_blocks.0.")] = value
+    save_file(old, path)
+    with pytest.raises(ValueError, match="re-train|retrain"):
+        LayeredUNet.from_pretrained(tmp_path / "unet")

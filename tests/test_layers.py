@@ -135,6 +135,20 @@ def test_collate_mixed_k_pads_and_marks_valid_layers():
         LayeredBatch.collate([_image(size=4), _image(size=6)])
 
 
+def test_source_image_batches_with_the_composite_as_fallback():
+    photo, scene = _image(k=1, seed=1), _image(k=2, seed=2)
+    photo.image = torch.full((3, 4, 4), 0.25)
+    assert torch.equal(photo.image_or_composite(), photo.image)
+    assert torch.equal(scene.image_or_composite(), scene.composite())
+    batch = LayeredBatch.collate([photo, scene])
+    assert torch.equal(batch.image_or_composite(), torch.stack([photo.image, scene.composite()]))
+    assert torch.equal(batch.unbatch()[0].image, photo.image)
+    assert batch.to(torch.float64).image.dtype == torch.float64
+    plain = LayeredBatch.collate([scene])  # no source image anywhere: derived, as before
+    assert plain.image is None and torch.equal(plain.image_or_composite(), plain.composite())
+    assert photo.to(torch.float64).image.dtype == torch.float64
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
@@ -148,6 +162,8 @@ def test_collate_mixed_k_pads_and_marks_valid_layers():
         (lambda s: setattr(s, "layer_prompts", ["the background", "one"]), "layer_prompts"),
         (lambda s: s.background.__setitem__((0, 0, 0), float("nan")), "background: contains NaN"),
         (lambda s: s.foregrounds.__setitem__((0, 0, 0, 0), float("inf")), "foregrounds"),
+        (lambda s: setattr(s, "image", torch.zeros(3, 4, 5)), "image"),
+        (lambda s: setattr(s, "image", torch.full((3, 4, 4), 1.5)), "image"),
     ],
 )
 def test_validate_names_the_field(change, field):

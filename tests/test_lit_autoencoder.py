@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -131,12 +132,53 @@ def test_fit_joint_with_lpips_and_discriminator(tmp_path):
     cli = cli_main(["fit", "--config", str(config), "--trainer.max_steps=4"])
     metrics = cli.trainer.callback_metrics
     assert {"train/g_loss", "train/d_loss", "train/d_weight", "val/lpips/composite"} <= set(metrics)
-    # manual optimisation counts both optimizers' steps: 2 batches = 4 steps
-    assert cli.trainer.global_step == 4
+    assert cli.trainer.global_step == 4  # autoencoder steps, one per batch
     assert isinstance(load_autoencoder(tmp_path / "run" / "pretrained"), LayeredAutoencoder)
     # LPIPS stayed frozen and in eval mode
     assert not cli.model.lpips.model.training
     assert not any(p.requires_grad for p in cli.model.lpips.parameters())
+
+
+def test_gan_max_steps_counts_autoencoder_updates_and_the_schedule_ends(tmp_path):
+    config = _config(
+        tmp_path,
+        JOINT,
+        lr_schedule="cosine",
+        lr_final_ratio=0.1,
+        discriminator_weight=0.5,
+        discriminator_start=1,
+        discriminator_channels=8,
+        discriminator_layers=2,
+    )
+    cli = cli_main(["fit", "--config", str(config), "--trainer.max_steps=3"])
+    opt_ae, opt_d = (optimizer.optimizer for optimizer in cli.model.optimizers())
+
+    def adam_steps(optimizer):
+        return {int(state["step"]) for state in optimizer.state.values()}
+
+    assert cli.trainer.global_step == 3
+    assert adam_steps(opt_ae) == {3}  # max_steps autoencoder updates
+    assert adam_steps(opt_d) == {2}  # from discriminator_start = 1 on
+    assert cli.trainer.lr_scheduler_configs[0].scheduler.last_epoch == 3
+    assert opt_ae.param_groups[0]["lr"] == pytest.approx(0.1 * 1e-3)  # the cosine's end
+
+
+def test_composite_head_learns_the_source_image_when_there_is_one():
+    autoencoder = LayeredAutoencoder(**TINY_AE, num_foregrounds=2)
+    module = LayeredAutoencoderModule(autoencoder, lpips_weight=0.0, discriminator_weight=0.0)
+    scenes = ShapeScenes(size=32, max_foregrounds=2, length=2)
+    photo = replace(scenes[0], image=torch.full((3, 32, 32), 0.5))  # differs from its composite
+    batch = LayeredBatch.collate([photo, scenes[1]], num_layers=3)
+    with torch.no_grad():
+        recon, posterior = module(batch)
+        terms = module._losses(batch, recon, posterior)
+        without_image = module._losses(replace(batch, image=None), recon, posterior)
+    # the source image where the sample has one, the derived composite where not
+    target = torch.stack([photo.image, scenes[1].composite()])
+    expected = (recon.composite - target).abs().mean()
+    assert terms["l1/composite"].item() == pytest.approx(expected.item(), rel=1e-5)
+    expected = (recon.composite - batch.composite()).abs().mean()
+    assert without_image["l1/composite"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_resume_from_last_checkpoint_continues_global_step(tmp_path):

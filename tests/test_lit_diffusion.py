@@ -208,6 +208,39 @@ def test_cached_latents_train_like_images(assets, tmp_path):
     assert torch.isfinite(loss)
 
 
+def test_scene_latents_in_memory_equal_the_streamed_batches(assets, tmp_path):
+    out = tmp_path / "latents"
+    cache_latents_command.main([
+        "--scenes", "6", "--size", "32", "--max-foregrounds", "2", "--split", "val",
+        "--out", str(out), "--autoencoder", str(assets / "ae"), "--text-encoder", str(assets / "te"),
+        "--samples-per-shard", "6",
+    ])
+    shard = str(out / "latents-000000.tar")
+    # no text encoder needed to read the cache: T("") was written beside the shards
+    streamed = LatentDataModule(shard, val_shards=shard, batch_size=6, shuffle_buffer=0)
+    memory = LatentDataModule(shard, val_shards=shard, batch_size=4, in_memory=True)
+    for data in (streamed, memory):
+        data.setup("fit")
+    reference = next(iter(streamed.val_dataloader()))
+    val = list(memory.val_dataloader())
+    assert len(val) == 1 and val[0].keys == reference.keys[:4]  # unshuffled, last partial dropped
+    torch.testing.assert_close(val[0].latents, reference.latents[:4])
+    torch.testing.assert_close(val[0].layer_prompt_embeds, reference.layer_prompt_embeds[:4])
+    train = memory.train_dataloader()
+    train.sampler.set_epoch(0)
+    first = [b.keys for b in train]
+    train.sampler.set_epoch(1)
+    assert len(first) == 1 and first != [b.keys for b in train]  # reshuffled per epoch
+    scenes = ShapeScenes(size=32, min_foregrounds=1, max_foregrounds=2, seed=0, split="val", length=6)
+    direct = make_module(assets).prepare_batch(LayeredBatch.collate([scenes[i] for i in range(6)], 3))
+    cached = make_module(assets).prepare_batch(reference)
+    valid = reference.layer_valid
+    torch.testing.assert_close(cached[0][valid], direct[0][valid], atol=1e-5, rtol=0)
+    with pytest.raises(FileNotFoundError, match="empty-prompt embedding"):
+        (out / "empty_prompt.safetensors").unlink()
+        LatentDataModule(shard, in_memory=True).setup("fit")
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu(assets, tmp_path):
     # (Lightning runs FSDP on GPUs only: configs/ldm_fsdp.yaml is parsed in test_configs.py)

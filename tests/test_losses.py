@@ -62,25 +62,43 @@ def test_composition_loss_k2_uses_eq1():
     assert composition_loss(m_hat, m, images).item() == pytest.approx(1.0)
 
 
+def _checkerboard(size: int) -> torch.Tensor:
+    """``(1, 1, 1, size, size)`` 0/1 checkerboard."""
+    parity = (torch.arange(size)[:, None] + torch.arange(size)[None]) % 2
+    return parity.float().view(1, 1, 1, size, size)
+
+
 def test_laplacian_loss_constant_masks():
-    # constant masks have zero band-pass levels; only the residual (level 3, weight 2^2) differs
+    # constant masks have zero band-pass levels; only the residual (level 3, weight 2^2, 2x2
+    # pixels of |0.5|) differs, its sum divided by the finest level's 8x8 pixels
     pred, target = _masks([[0.75]], size=8), _masks([[0.25]], size=8)
-    assert laplacian_loss(pred, target).item() == pytest.approx(4 * 0.5, rel=1e-5)
+    assert laplacian_loss(pred, target).item() == pytest.approx(4 * (4 * 0.5) / 64, rel=1e-5)
     assert laplacian_loss(target, target).item() == pytest.approx(0.0, abs=1e-7)
 
 
 def test_laplacian_loss_ignores_padded_layers():
     pred, target = _masks([[0.75, 1.0]], size=8), _masks([[0.25, 0.0]], size=8)
-    assert laplacian_loss(pred, target, torch.tensor([[True, False]])).item() == pytest.approx(2.0)
+    valid = torch.tensor([[True, False]])
+    assert laplacian_loss(pred, target, valid).item() == pytest.approx(0.125, rel=1e-5)
+
+
+def test_laplacian_loss_two_levels_sums_each_level_over_the_finest_pixel_count():
+    # eq. 8 with two levels on a 4x4 checkerboard vs 0: the 5-tap Gaussian (1 4 6 4 1)/16
+    # removes it exactly, so level 1 is the checkerboard minus 0.5 (16 pixels of |0.5|,
+    # weight 1) and the residual is 0.5 on 2x2 pixels (weight 2); both sums over 16 pixels
+    level_1 = 16 * 0.5 / 16
+    level_2 = 4 * 0.5 / 16
+    assert laplacian_loss(_checkerboard(4), torch.zeros(1, 1, 1, 4, 4), levels=2).item() == (
+        pytest.approx(1 * level_1 + 2 * level_2, rel=1e-5)
+    )
 
 
 def test_laplacian_loss_checkerboard_by_hand():
-    # the 5-tap Gaussian (1 4 6 4 1)/16 removes a checkerboard exactly: level 1 is the
-    # checkerboard minus 0.5 (|.| = 0.5, weight 1), level 2 is 0, the residual is 0.5 (weight 4)
+    # three levels at 16x16: level 1 |.| = 0.5 everywhere, level 2 is 0, the residual is 0.5
+    # on 4x4 pixels (weight 4, divided by the finest level's 256 pixels)
     target = torch.zeros(1, 1, 1, 16, 16)
-    pred = ((torch.arange(16)[:, None] + torch.arange(16)[None]) % 2).float().view(1, 1, 1, 16, 16)
-    assert laplacian_loss(pred, target).item() == pytest.approx(
-        1 * 0.5 + 2 * 0.0 + 4 * 0.5, rel=1e-5
+    assert laplacian_loss(_checkerboard(16), target).item() == pytest.approx(
+        1 * 0.5 + 2 * 0.0 + 4 * (16 * 0.5) / 256, rel=1e-5
     )
 
 
@@ -90,8 +108,8 @@ def test_mask_loss_weights_1_2_3():
     terms = mask_loss(pred, target, images)
     assert terms["mask_l1"].item() == pytest.approx(0.5)
     assert terms["mask_comp"].item() == pytest.approx(1.0)  # |C - C_hat| = 0.5 * 2
-    assert terms["mask_lap"].item() == pytest.approx(2.0, rel=1e-5)
-    assert terms["mask"].item() == pytest.approx(0.5 + 2 * 1.0 + 3 * 2.0, rel=1e-5)
+    assert terms["mask_lap"].item() == pytest.approx(0.125, rel=1e-5)
+    assert terms["mask"].item() == pytest.approx(0.5 + 2 * 1.0 + 3 * 0.125, rel=1e-5)
 
 
 def test_image_loss_components_equal_weights():

@@ -1,9 +1,11 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
 
+from layergen.data.shapes import ShapeScenes
 from layergen.layers import LayeredImage
 from layergen.metrics import (
     Breakdown,
@@ -17,6 +19,7 @@ from layergen.metrics import (
     markdown_table,
     mask_iou,
 )
+from layergen.metrics.evaluation import score
 from layergen.metrics.fid import InceptionFeatures
 
 
@@ -76,6 +79,26 @@ def test_fid_groups_and_small_groups_skipped():
     assert set(result) == {"all", "2", "3"}  # "4" has a single image
     with pytest.raises(ValueError, match="groups"):
         metric.update(images, real=True, groups=["2"])
+
+
+def test_fid_reference_is_the_source_image_where_there_is_one():
+    class Recording:
+        def __init__(self) -> None:
+            self.real = []
+
+        def update(self, images, real, groups=None):
+            if real:
+                self.real.append(images)
+
+        def compute(self):
+            return {}
+
+    scenes = ShapeScenes(size=32, length=2)
+    photo = replace(scenes[0], image=torch.full((3, 32, 32), 0.5))
+    fidelity = Recording()
+    score([scenes[0], scenes[1]], [photo, scenes[1]], fidelity=fidelity)
+    (real,) = fidelity.real
+    assert torch.equal(real, torch.stack([photo.image, scenes[1].composite()]))
 
 
 def test_clean_resize_quantises_and_resizes():

@@ -13,6 +13,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import pytest
+import torch
 import webdataset as wds
 from PIL import Image
 
@@ -21,7 +22,7 @@ from layergen.synthesis.backends.inpainting import OpenCVInpainting
 from layergen.synthesis.backends.quality import MaskAreaScorer
 from layergen.synthesis.backends.saliency import ContrastSaliency
 from layergen.synthesis.cli import format_summary, synthesize_main
-from layergen.synthesis.inputs import list_input_shards
+from layergen.synthesis.inputs import decode_record, iter_raw_samples, list_input_shards
 from layergen.synthesis.runner import (
     SynthesisDataModule,
     SynthesisModule,
@@ -216,6 +217,11 @@ def test_outputs_carry_scores_and_provenance_with_loader_workers(input_shards, t
     assert provenance["foreground"]["threshold"] == 0.1
     assert provenance["saliency"]["backend"] == "ContrastSaliency"
     assert sample.metadata["source"]["key"] == sample.metadata["key"]
+    # image.png holds the source photograph at the synthesis resolution
+    key, url = sample.metadata["key"], sample.metadata["source"]["shard"]
+    shard = next(s for s in list_input_shards(input_shards) if s.url == url)
+    source = decode_record(key, dict(iter_raw_samples(shard))[key], 32, shard)
+    assert torch.allclose(sample.image, source.image, atol=1e-6)
 
 
 def test_synthesize_cli_with_the_shipped_config(input_shards, tmp_path):
@@ -230,8 +236,6 @@ def test_synthesize_cli_with_the_shipped_config(input_shards, tmp_path):
 
 
 def test_folder_of_captioned_images(tmp_path):
-    from layergen.synthesis.inputs import decode_record, iter_raw_samples, list_input_shards
-
     folder = tmp_path / "photos"
     folder.mkdir()
     rng = np.random.default_rng(1)

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from layergen.data.shards import (
     read_shards,
     write_shards,
 )
-from layergen.layers import LayeredImage, to_unit, unit_to_uint8
+from layergen.layers import LayeredImage, from_unit, to_unit, unit_to_uint8
 
 
 def _scenes(n: int = 6, size: int = 32) -> ShapeScenes:
@@ -60,6 +61,19 @@ def test_png_members_round_trip_bit_exact():
         and record["source"] == "shapes"
         and record["depth"] == list(range(1, k + 1))
     )
+
+
+def test_source_image_member_round_trips_and_is_optional():
+    scene = _scenes()[1]
+    photo = replace(scene, image=from_unit(torch.rand(3, 32, 32)))
+    members = encode_sample(photo, "000000001")
+    assert set(members) - set(encode_sample(scene, "000000001")) == {"image.png"}
+    decoded = decode_sample(members, shard="s.tar")
+    assert torch.equal(
+        torch.from_numpy(unit_to_uint8(to_unit(decoded.image))),
+        torch.from_numpy(unit_to_uint8(to_unit(photo.image))),
+    )
+    assert decode_sample(encode_sample(scene, "000000001"), shard="s.tar").image is None
 
 
 def test_sixteen_bit_masks():

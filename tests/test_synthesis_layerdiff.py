@@ -303,6 +303,7 @@ def test_classical_detection_and_grabcut() -> None:
 
 def check_layered(record: SynthesisRecord) -> None:
     layered = record.to_layered_image().validate()
+    assert torch.equal(layered.image, record.image)  # the source photograph, image.png
     assert layered.layer_prompts[0] == BACKGROUND_PROMPT and layered.num_foregrounds <= 4
     masks = layered.masks
     assert set(masks.unique().tolist()) <= {0.0, 1.0}

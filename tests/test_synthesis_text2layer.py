@@ -74,6 +74,7 @@ def test_classical_chain_on_real_photographs_reproduces_the_inputs_under_the_mas
     assert all(record.kept for record in records), [record.rejection for record in records]
     for record in records:
         layered = record.to_layered_image().validate()
+        assert torch.equal(layered.image, record.image)  # the source photograph, image.png
         m = layered.masks[0, 0]
         assert 0.01 < float(m.mean()) < 0.99
         full = (m == 1.0).expand(3, -1, -1)

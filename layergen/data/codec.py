@@ -2,6 +2,9 @@
 
 One sample per key. Members (``{key}.{name}``):
     ``composite.png``   RGB composite (for viewing; readers derive the composite from layers)
+    ``image.png``       optional RGB source photograph (written by the synthesis jobs, absent
+                        for synthetic scenes): the target of the auxiliary composite head and
+                        the FID reference (Text2Layer IV-B, V-B), ``LayeredImage.image``
     ``background.png``  RGB background
     ``fg_{i}.png``      RGB foreground i (i = 0..K-1, back to front)
     ``mask_{i}.png``    visible mask of foreground i: 8-bit ``"L"`` or 16-bit ``"I;16"``
@@ -96,7 +99,7 @@ def encode_sample(sample: LayeredImage, key: str, mask_bits: int = 8) -> dict[st
 
     Returns:
         ``{"__key__": key, "composite.png": bytes, "background.png": ..., "fg_{i}.png": ...,
-        "mask_{i}.png": ..., "json": bytes}``.
+        "mask_{i}.png": ..., "json": bytes}``, plus ``"image.png"`` if ``sample.image`` is set.
     """
     if "." in key.rsplit("/", 1)[-1]:
         raise ValueError(f"key: must not contain dots, got {key!r}")
@@ -117,6 +120,8 @@ def encode_sample(sample: LayeredImage, key: str, mask_bits: int = 8) -> dict[st
     }
     out: dict[str, Any] = {"__key__": key}
     out["composite.png"] = _png(unit_to_uint8(chw_to_hwc(to_unit(sample.composite()))))
+    if sample.image is not None:
+        out["image.png"] = _png(unit_to_uint8(chw_to_hwc(to_unit(sample.image))))
     out["background.png"] = _png(unit_to_uint8(chw_to_hwc(to_unit(sample.background))))
     for i, fg in enumerate(sample.foregrounds):
         out[f"fg_{i}.png"] = _png(unit_to_uint8(chw_to_hwc(to_unit(fg))))
@@ -173,6 +178,22 @@ def _rgb(sample: dict[str, Any], name: str, shard: str, key: str) -> np.ndarray:
     return np.asarray(image)
 
 
+def _rgb_like(
+    sample: dict[str, Any], name: str, height: int, width: int, shard: str, key: str
+) -> np.ndarray:
+    """An RGB member of the background's size ``height x width``."""
+    array = _rgb(sample, name, shard, key)
+    if array.shape[:2] != (height, width):
+        raise ShardError(
+            "bad_image",
+            shard,
+            key,
+            f"{name}: size {array.shape[1]}x{array.shape[0]} "
+            f"differs from the background's {width}x{height}",
+        )
+    return array
+
+
 def _mask(sample: dict[str, Any], name: str, bits: int, shard: str, key: str) -> np.ndarray:
     image = open_image(sample[name], name, shard, key)
     expected = ("L",) if bits == 8 else ("I;16", "I")
@@ -193,7 +214,8 @@ def decode_sample(
     """Decode webdataset members (see the module docstring) into a validated ``LayeredImage``.
 
     Args:
-        sample: ``{"__key__", "background.png", "fg_{i}.png", "mask_{i}.png", "json", ...}``.
+        sample: ``{"__key__", "background.png", "fg_{i}.png", "mask_{i}.png", "json", ...}``
+            and optionally ``"image.png"``.
         shard: shard URL for messages (default: ``sample["__url__"]``).
         mask_sum_tolerance: accepted excess of the mask sum over 1 beyond quantisation.
 
@@ -225,15 +247,7 @@ def decode_sample(
     height, width = background.shape[:2]
     foregrounds, masks = [], []
     for i in range(k):
-        fg = _rgb(sample, f"fg_{i}.png", shard, key)
-        if fg.shape[:2] != (height, width):
-            raise ShardError(
-                "bad_image",
-                shard,
-                key,
-                f"fg_{i}.png: size {fg.shape[1]}x{fg.shape[0]} "
-                f"differs from the background's {width}x{height}",
-            )
+        fg = _rgb_like(sample, f"fg_{i}.png", height, width, shard, key)
         mask = _mask(sample, f"mask_{i}.png", bits, shard, key)
         if mask.shape != (height, width):
             raise ShardError(
@@ -245,6 +259,9 @@ def decode_sample(
             )
         foregrounds.append(fg)
         masks.append(mask)
+    image = None
+    if "image.png" in sample:
+        image = _rgb_like(sample, "image.png", height, width, shard, key)
 
     metadata = record.get("metadata") or {}
     if not isinstance(metadata, dict):
@@ -286,5 +303,6 @@ def decode_sample(
         prompt=prompt,
         layer_prompts=layer_prompts,
         metadata=metadata,
+        image=from_unit(hwc_to_chw(uint8_to_unit(image))) if image is not None else None,
     )
     return layered

@@ -29,7 +29,7 @@ import webdataset as wds
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from layergen.data.sharding import samples_per_worker, shard_stages
 from layergen.layers import LayeredBatch, LayeredImage
@@ -202,27 +202,35 @@ def write_latent_shards(
     return paths
 
 
+EMPTY_PROMPT_FILE = "empty_prompt.safetensors"
+
+
 def cache_latents(
-    shards: str | list[str],
+    shards: str | list[str] | None,
     out_dir: str | Path,
     autoencoder: str,
     text_encoder: str,
     batch_size: int = 32,
     samples_per_shard: int = 1000,
     device: str = "cpu",
+    samples: Iterable[LayeredImage] | None = None,
 ) -> list[Path]:
-    """Encode layered shards into latent shards with a frozen autoencoder and text encoder."""
+    """Encode layered shards (or ``samples``) into latent shards with a frozen autoencoder
+    and text encoder; ``T("")`` goes beside them (:data:`EMPTY_PROMPT_FILE`) so that reading
+    the cache loads no model."""
     from layergen.data.shards import read_shards
     from layergen.models.loading import load_autoencoder
     from layergen.models.text_encoder import load_text_encoder
 
+    if (shards is None) == (samples is None):
+        raise ValueError("cache_latents: give exactly one of `shards` or `samples`")
     ae = load_autoencoder(autoencoder).to(device).eval()
     tokenizer, te = load_text_encoder(text_encoder)
     te.to(device)
 
     def encoded() -> Iterator[dict[str, Any]]:
         chunk: list[LayeredImage] = []
-        for sample in read_shards(shards):
+        for sample in read_shards(shards) if samples is None else samples:
             chunk.append(sample)
             if len(chunk) == batch_size:
                 yield from encode_latent_samples(chunk, ae, tokenizer, te)
@@ -231,8 +239,24 @@ def cache_latents(
             yield from encode_latent_samples(chunk, ae, tokenizer, te)
 
     paths = write_latent_shards(encoded(), out_dir, samples_per_shard)
+    empty = encode_prompts(tokenizer, te, [""])[0].half().cpu().contiguous()
+    tmp = Path(out_dir) / (EMPTY_PROMPT_FILE + ".tmp")
+    tmp.write_bytes(save_safetensors({"empty_prompt_embeds": empty}))
+    os.replace(tmp, Path(out_dir) / EMPTY_PROMPT_FILE)
     logger.info("wrote %d latent shards to %s", len(paths), out_dir)
     return paths
+
+
+def load_empty_embedding(shards: str | list[str]) -> Tensor:
+    """``T("")`` ``(S, D)`` written by :func:`cache_latents` beside local latent shards."""
+    first = shards if isinstance(shards, str) else shards[0]
+    path = Path(first).parent / EMPTY_PROMPT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no empty-prompt embedding beside the latent shards; re-run "
+            "python -m layergen.data.cache_latents, or give the data module its text_encoder"
+        )
+    return load_safetensors(path.read_bytes())["empty_prompt_embeds"]
 
 
 class LatentCollate:
@@ -246,24 +270,83 @@ class LatentCollate:
         return LatentBatch.collate(samples, self.num_layers, self.empty_embedding)
 
 
+class InMemoryLatents(Dataset):
+    """Every cached sample of some latent shards, padded and stacked once.
+
+    Indexed by a *list* of indices, it returns a whole :class:`LatentBatch` by tensor
+    indexing: no Python work per sample in the training loop (small datasets, e.g. the demo's
+    4096 synthetic scenes: ~50 MB).
+    """
+
+    def __init__(self, samples: Sequence[dict[str, Any]], num_layers: int, empty_embedding: Tensor) -> None:
+        if not samples:
+            raise ValueError("InMemoryLatents: no samples (empty latent shards?)")
+        self.batch = LatentBatch.collate(samples, num_layers, empty_embedding)
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def __getitem__(self, indices: list[int]) -> LatentBatch:
+        b, index = self.batch, torch.as_tensor(indices)
+        return LatentBatch(
+            latents=b.latents[index],
+            prompt_embeds=b.prompt_embeds[index],
+            layer_prompt_embeds=b.layer_prompt_embeds[index],
+            layer_valid=b.layer_valid[index],
+            prompts=[b.prompts[i] for i in indices],
+            layer_prompts=[b.layer_prompts[i] for i in indices],
+            keys=[b.keys[i] for i in indices],
+        )
+
+
+class ShuffledBatches(Sampler):
+    """Index batches of a random permutation per epoch (seed, epoch), last partial batch dropped."""
+
+    def __init__(self, length: int, batch_size: int, seed: int = 0, shuffle: bool = True) -> None:
+        if batch_size > length:
+            raise ValueError(f"ShuffledBatches: batch_size {batch_size} > {length} samples")
+        self.length, self.batch_size, self.seed, self.shuffle = length, batch_size, seed, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length // self.batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.shuffle:
+            order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.length)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            yield order[start : start + self.batch_size].tolist()
+
+
+def _unbatched(batch: LatentBatch) -> LatentBatch:
+    return batch
+
+
 class LatentDataModule(pl.LightningDataModule):
     """Train/val :class:`LatentBatch` es from latent shards written by :func:`cache_latents`.
 
     Args:
         train_shards, val_shards: shard URLs (brace pattern or list).
         text_encoder: the text encoder used for caching (hub id or path): gives ``T("")``
-            for padded layers.
+            for padded layers; None reads the ``T("")`` that caching wrote beside the shards.
         max_foregrounds: batches are padded to ``L = max_foregrounds + 1`` layers.
         batch_size, num_workers, shuffle_buffer, seed: loading.
         train_samples_per_epoch: resample training shards into epochs of this many samples
             over all ranks (equal on every rank, as DDP needs; see
             ``LayeredDataModule``); None: split the shards over ranks and workers.
+        in_memory: read every shard once into :class:`InMemoryLatents` and draw whole
+            batches by tensor indexing (single process; small caches such as the demo's).
     """
 
     def __init__(
         self,
         train_shards: str | list[str],
-        text_encoder: str,
+        text_encoder: str | None = None,
         val_shards: str | list[str] | None = None,
         max_foregrounds: int = 2,
         batch_size: int = 32,
@@ -271,12 +354,17 @@ class LatentDataModule(pl.LightningDataModule):
         shuffle_buffer: int = 1000,
         seed: int = 0,
         train_samples_per_epoch: int | None = None,
+        in_memory: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.collate: LatentCollate | None = None
+        self._in_memory: dict[bool, InMemoryLatents] = {}
 
     def setup(self, stage: str | None = None) -> None:
+        if self.collate is None and self.hparams.text_encoder is None:
+            empty = load_empty_embedding(self.hparams.train_shards)
+            self.collate = LatentCollate(self.hparams.max_foregrounds + 1, empty)
         if self.collate is None:
             from layergen.models.text_encoder import load_text_encoder
 
@@ -284,7 +372,24 @@ class LatentDataModule(pl.LightningDataModule):
             empty = encode_prompts(tokenizer, te, [""])[0].half()
             self.collate = LatentCollate(self.hparams.max_foregrounds + 1, empty)
 
+    def _in_memory_loader(self, urls: str | list[str], train: bool) -> DataLoader:
+        if self.trainer is not None and self.trainer.world_size > 1:
+            raise ValueError("LatentDataModule: in_memory is single-process; stream the shards under DDP")
+        if train not in self._in_memory:
+            pipeline = wds.DataPipeline(
+                *shard_stages(urls, "eval", self.hparams.seed), wds.tarfile_to_samples(),
+                wds.map(decode_latent_sample),
+            )
+            self._in_memory[train] = InMemoryLatents(
+                list(pipeline), self.collate.num_layers, self.collate.empty_embedding
+            )
+        data = self._in_memory[train]
+        sampler = ShuffledBatches(len(data), min(self.hparams.batch_size, len(data)), self.hparams.seed, train)
+        return DataLoader(data, sampler=sampler, batch_size=None, collate_fn=_unbatched)
+
     def _loader(self, urls: str | list[str], train: bool) -> DataLoader:
+        if self.hparams.in_memory:
+            return self._in_memory_loader(urls, train)
         per_worker = None
         if not train:
             split = "eval"

@@ -1,9 +1,9 @@
 """Geometric transforms applied identically to every layer of a layered image.
 
 Every transform acts on the stacked layers and masks at once, so the background, each
-foreground and each mask get exactly the same resize, crop and flip. Resizing is bilinear
-with antialiasing (non-negative interpolation weights that sum to 1), so masks stay in
-[0, 1] and their sum stays <= 1; RGB is clamped back to [-1, 1].
+foreground, each mask and the source image (if any) get exactly the same resize, crop and
+flip. Resizing is bilinear with antialiasing (non-negative interpolation weights that sum
+to 1), so masks stay in [0, 1] and their sum stays <= 1; RGB is clamped back to [-1, 1].
 """
 
 from __future__ import annotations
@@ -41,10 +41,15 @@ def _swap_in_metadata(value: Any) -> Any:
 
 
 def _map_layers(sample: LayeredImage, fn: Any) -> LayeredImage:
-    """Apply ``fn`` to ``(L + K, C, H, W)``-style stacks: images and masks, one call each."""
-    images = fn(sample.layer_images())  # (L, 3, H, W)
+    """Apply ``fn`` to ``(N, C, H, W)`` stacks: the layers and source image, then the masks."""
+    rgb = sample.layer_images()  # (L, 3, H, W)
+    if sample.image is not None:
+        rgb = torch.cat([rgb, sample.image[None]])  # (L + 1, 3, H, W)
+    rgb = fn(rgb)
     masks = fn(sample.masks)  # (K, 1, H, W)
-    return replace(sample, background=images[0], foregrounds=images[1:], masks=masks)
+    n = sample.num_layers
+    image = rgb[n] if sample.image is not None else None
+    return replace(sample, background=rgb[0], foregrounds=rgb[1:n], masks=masks, image=image)
 
 
 def resize_center_crop(sample: LayeredImage, size: int) -> LayeredImage:
@@ -70,6 +75,7 @@ def resize_center_crop(sample: LayeredImage, size: int) -> LayeredImage:
         background=out.background.clamp(-1.0, 1.0),
         foregrounds=out.foregrounds.clamp(-1.0, 1.0),
         masks=out.masks.clamp(0.0, 1.0),
+        image=out.image.clamp(-1.0, 1.0) if out.image is not None else None,
     )
 
 

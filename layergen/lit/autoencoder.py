@@ -2,9 +2,14 @@
 
 ``L = L_img(F, B, I) + lambda L_mask + w_kl KL (+ w_adv L_adv once the discriminator starts)``
 
+``I`` is the auxiliary head's target: the source photograph where the sample has one
+(Text2Layer IV-B), else the composite of the layers (synthetic scenes).
+
 Manual optimisation as in Lightning's GAN example: one autoencoder step, then one PatchGAN
-step, each with ``toggled_optimizer``. In manual optimisation Lightning's ``global_step``
-counts every optimizer step, so once the discriminator has started it grows by 2 per batch.
+step, each with ``toggled_optimizer``. Lightning's ``global_step`` counts the steps of
+manual optimisation's ``LightningOptimizer``s; the PatchGAN is stepped through the strategy
+directly, so ``global_step`` (``max_steps``, the lr schedule, ``discriminator_start``,
+checkpoint intervals) counts autoencoder updates, one per batch.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from layergen.losses.mask_loss import mask_loss
 from layergen.models.autoencoder_body import LayeredAutoencoderBase
 from layergen.models.autoencoder_outputs import LayeredDecoderOutput
 from layergen.models.discriminator import PatchDiscriminator
+from layergen.models.layered_autoencoder import LayeredAutoencoder
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +72,8 @@ class LayeredAutoencoderModule(pl.LightningModule):
         lpips_backbone_path: torchvision weights file of the LPIPS backbone.
         discriminator_weight: weight of the adversarial term (times the adaptive weight);
             0 disables the discriminator.
-        discriminator_start: global step at which the adversarial term starts.
+        discriminator_start: autoencoder step (``global_step``) at which the adversarial term
+            starts.
         discriminator_channels: PatchGAN base width.
         discriminator_layers: PatchGAN strided layers.
         sample_posterior: train on posterior samples (False: on the posterior mean).
@@ -162,11 +169,21 @@ class LayeredAutoencoderModule(pl.LightningModule):
     def _latent_valid(self, batch: LayeredBatch) -> Tensor | None:
         return batch.layer_valid if self.autoencoder.per_layer else None
 
+    def _composite_target(self, batch: LayeredBatch) -> Tensor:
+        """``(B, 3, H, W)`` target of ``recon.composite``.
+
+        The joint model's auxiliary head learns the source image where there is one, else the
+        composite (Text2Layer IV-B). The per-layer model's composite of its decoded layers is
+        compared with the composite of the target layers (eq. 1): the source image differs
+        from it where inpainting and mask edges do.
+        """
+        head = isinstance(self.autoencoder, LayeredAutoencoder)
+        return batch.image_or_composite() if head else batch.composite()
+
     def _losses(
         self, batch: LayeredBatch, recon: LayeredDecoderOutput, posterior: Any
     ) -> dict[str, Tensor]:
         """``L_img`` (L1 + LPIPS per component), ``L_mask`` (eq. 4) and KL; ``nll`` their sum."""
-        target_composite = batch.composite()
         # the composite term: the auxiliary head's prediction (joint model), or the composite
         # of the decoded layers (per-layer model), which supervises the layers through eq. 1
         terms = image_loss(
@@ -174,7 +191,7 @@ class LayeredAutoencoderModule(pl.LightningModule):
             batch.images,
             batch.layer_valid,
             recon.composite,
-            target_composite,
+            self._composite_target(batch),
             self.lpips,
             self.hparams.lpips_weight,
         )
@@ -200,7 +217,7 @@ class LayeredAutoencoderModule(pl.LightningModule):
         real = batch.images.flatten(0, 1)[valid]
         if recon.composite is not None:
             fake = torch.cat([fake, recon.composite])
-            real = torch.cat([real, batch.composite()])
+            real = torch.cat([real, self._composite_target(batch)])
         return fake, real
 
     # -- training --------------------------------------------------------------------------
@@ -236,7 +253,9 @@ class LayeredAutoencoderModule(pl.LightningModule):
                 terms["d_loss"] = hinge_discriminator_loss(logits_real, logits_fake)
                 opt_d.zero_grad()
                 self.manual_backward(terms["d_loss"])
-                opt_d.step()
+                # the strategy's step (precision plugin, gradient scaler) without the
+                # LightningOptimizer's, which would count it in global_step
+                self.trainer.strategy.optimizer_step(opt_d.optimizer, closure=lambda: None)
 
         schedulers = self.lr_schedulers()
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:

@@ -3,13 +3,15 @@
 ``SavePretrained`` exports a diffusers-style directory at the end of fit (every module offers
 ``export_pretrained(directory)``); ``LayeredImageLogger`` logs image grids of layered batches
 (each layer, each mask, the composite) to TensorBoard for any module offering
-``predict_layered(batch) -> LayeredBatch`` (a reconstruction or a sample).
+``predict_layered(batch) -> LayeredBatch`` (a reconstruction or a sample); ``StepBudget``
+prints a progress line with an ETA and says loudly when ``max_time`` cut a run short.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,57 @@ class SavePretrained(pl.Callback):
                 pl_module.export_pretrained(directory)
                 logger.info("exported %s to %s", type(pl_module).__name__, directory)
         trainer.strategy.barrier("SavePretrained")
+
+
+class StepBudget(pl.Callback):
+    """Progress of a step-budgeted run: one line every ``every_n_steps`` with an ETA.
+
+    Training runs ``trainer.max_steps`` optimiser steps (the same model on any machine);
+    ``max_time`` is only a safety cap. If the cap stops the run early, a warning says so and
+    what it means for the model. Lines go through ``print`` (flushed), so they show when the
+    output is a file or a pipe too.
+
+    Args:
+        name: the stage's name in the lines (e.g. "autoencoder").
+        every_n_steps: steps between lines.
+    """
+
+    def __init__(self, name: str = "training", every_n_steps: int = 100) -> None:
+        self.name, self.every_n_steps = name, every_n_steps
+        self._start: float | None = None
+        self._first_step = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start, self._first_step = time.perf_counter(), trainer.global_step
+
+    def _line(self, trainer: pl.Trainer) -> str:
+        step, total = trainer.global_step, trainer.max_steps
+        elapsed = time.perf_counter() - (self._start or time.perf_counter())
+        done = max(step - self._first_step, 1)
+        eta = elapsed / done * max(total - step, 0)
+        loss = trainer.callback_metrics.get("train/loss")
+        loss_text = f", train/loss {float(loss):.4f}" if loss is not None else ""
+        return (f"[{self.name}] step {step}/{total} ({100 * step / max(total, 1):.0f} %), "
+                f"{elapsed / 60:.1f} min elapsed, ETA {eta / 60:.1f} min{loss_text}")
+
+    @rank_zero_only
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.max_steps > 0 and trainer.global_step % self.every_n_steps == 0:
+            print(self._line(trainer), flush=True)
+
+    @rank_zero_only
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.max_steps > 0 and trainer.global_step < trainer.max_steps:
+            logger.warning(
+                "[%s] STOPPED EARLY at step %d of %d by the max_time safety cap (%s): the model "
+                "is under-trained and will score below the figures documented for its config; "
+                "raise trainer.max_time or resume with --ckpt_path last",
+                self.name, trainer.global_step, trainer.max_steps,
+                getattr(trainer.fit_loop, "max_time", None) or "max_time",
+            )
+        else:
+            print(f"[{self.name}] done: {trainer.global_step} steps in "
+                  f"{(time.perf_counter() - (self._start or 0)) / 60:.1f} min", flush=True)
 
 
 def layered_grid(images: Tensor, masks: Tensor, layer_valid: Tensor | None = None) -> Tensor:

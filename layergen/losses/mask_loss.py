@@ -4,7 +4,8 @@
 
 Every term is averaged (over pixels, then over the valid foreground layers of the batch)
 rather than summed, so that the appendix's weights 1 / 2 / 3 balance terms of one scale and
-do not depend on the resolution.
+do not depend on the resolution. Eq. 8 sums the pyramid levels' L1 norms; every level is
+divided by the same count, the finest level's pixels, which keeps eq. 8's relative weights.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def laplacian_loss(
     """Laplacian loss ``sum_{j=1..3} 2^(j-1) |phi^j(m_hat) - phi^j(m)|_1`` (Text2Layer eq. 8).
 
     ``phi^j`` is level j of kornia's Laplacian pyramid (level 1 the finest; the last level is
-    the low-pass residual); each level's L1 is a mean over its pixels.
+    the low-pass residual); each level's L1 sum is divided by the finest level's pixel count
+    (a mean at level 1; coarser levels keep eq. 8's weight relative to it).
 
     Args:
         pred_masks: ``(B, K, 1, H, W)`` predicted foreground masks.
@@ -82,8 +84,9 @@ def laplacian_loss(
     # (B, K, 1, H, W) -> (B*K, 1, H, W)
     pred_pyramid = build_laplacian_pyramid(pred_masks.flatten(0, 1), levels)
     true_pyramid = build_laplacian_pyramid(masks.flatten(0, 1), levels)
+    num_pixels = true_pyramid[0][0].numel()  # the finest level's
     per_layer = sum(
-        2.0**j * (p - t).abs().flatten(1).mean(1)
+        2.0**j * (p - t).abs().flatten(1).sum(1) / num_pixels
         for j, (p, t) in enumerate(zip(pred_pyramid, true_pyramid))
     )
     return _valid_mean(per_layer.view(batch, k), valid)

@@ -3,7 +3,8 @@
 The protocol of Text2Layer V-B (Tables I-II) and LayerDiff 4.2 (Table 1): generate one
 layered image per test prompt (with the test sample's layer prompts), then score
 
-* FID (and optionally KID) of the composites against the test composites, clean-fid
+* FID (and optionally KID) of the composites against the test images (a test sample's
+  source photograph where it has one, as in Text2Layer V-B, else its composite), clean-fid
   preprocessing (:mod:`layergen.metrics.fid`);
 * CLIP score of each composite vs its prompt, and of each layer vs its layer prompt;
 * mask IoU at 0.5 of the union of the generated foreground masks against a salient-mask
@@ -255,7 +256,7 @@ def score(
         for image in gen:
             breakdown.count(image.num_layers)
         if fidelity is not None:
-            fidelity.update(torch.stack([r.composite() for r in ref]), real=True,
+            fidelity.update(torch.stack([r.image_or_composite() for r in ref]), real=True,
                             groups=[layer_group(r.num_layers) for r in ref])
             fidelity.update(composites, real=False, groups=groups)
         if clip is not None:

@@ -1,9 +1,13 @@
 """Layer-collaborative attention block (LayerDiff section 3.2.2, figure 3b, appendix A.1).
 
-After every Stable Diffusion transformer block (a diffusers ``Transformer2DModel``) the
-layered UNet adds a :class:`LayerCollaborativeBlock` made of three residual modules, each
+After every Stable Diffusion transformer block (each diffusers ``BasicTransformerBlock``
+inside a ``Transformer2DModel``, on its inner tokens: after ``proj_in``, before ``proj_out``)
+the layered UNet adds a :class:`LayerCollaborativeBlock` made of three residual modules, each
 with a pre-``LayerNorm`` and a zero-initialised output projection (appendix A.1), so that a
-freshly added block is the identity and the wrapped UNet reproduces the base UNet:
+freshly added block is the identity and the wrapped UNet reproduces the base UNet. Running
+on the inner tokens puts the block in the feature space where SD's cross-attention
+(``norm2``, ``attn2.to_q``) was trained, so the intra-layer attention initialised from it
+starts with SD's own text-to-pixel attention maps:
 
 (a) :class:`InterLayerAttention`: self-attention across the ``L`` layers at every pixel,
     ``# (B*L, C, h, w) -> (B*h*w, L, C)``, key-padding-masked by ``layer_valid`` so that a
@@ -14,7 +18,7 @@ freshly added block is the identity and the wrapped UNet reproduces the base UNe
 
 The per-call layer context (number of layers, layer prompts, ``layer_valid``) travels
 through the UNet's ``cross_attention_kwargs`` under :data:`LAYER_CONTEXT_KEY`;
-:class:`LayerCollaborativeTransformer` strips it before the SD block sees the kwargs.
+:class:`LayerCollaborativeTransformerBlock` strips it before the SD block sees the kwargs.
 """
 
 from __future__ import annotations
@@ -23,9 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers.models.attention import FeedForward
+from diffusers.models.attention import BasicTransformerBlock, FeedForward
 from diffusers.models.attention_processor import Attention
-from diffusers.models.transformers.transformer_2d import Transformer2DModelOutput
 from torch import Tensor, nn
 
 LAYER_CONTEXT_KEY = "layer_context"
@@ -152,8 +155,8 @@ class LayerFeedForward(nn.Module):
 class LayerCollaborativeBlock(nn.Module):
     """Inter-layer attention, text-guided intra-layer attention and FFN (figure 3b).
 
-    Operates on the UNet features of all layers folded into the batch, ``(B*L, C, h, w)``,
-    and returns the same shape. At initialisation it is the identity.
+    Operates on the transformer tokens of all layers folded into the batch,
+    ``(B*L, h*w, C)``, and returns the same shape. At initialisation it is the identity.
     """
 
     def __init__(
@@ -174,46 +177,42 @@ class LayerCollaborativeBlock(nn.Module):
         self.gradient_checkpointing = False
 
     def _forward(
-        self, hidden_states: Tensor, layer_hidden_states: Tensor, layer_valid: Tensor | None,
+        self, tokens: Tensor, layer_hidden_states: Tensor, layer_valid: Tensor | None,
         num_layers: int,
     ) -> Tensor:
-        batch_layers, dim, height, width = hidden_states.shape
-        # (B*L, C, h, w) -> (B*L, h*w, C)
-        tokens = hidden_states.flatten(2).transpose(1, 2)
         tokens = self.inter_layer(tokens, num_layers, layer_valid)
         tokens = self.intra_layer(tokens, layer_hidden_states)
-        tokens = self.ff(tokens)
-        # (B*L, h*w, C) -> (B*L, C, h, w)
-        return tokens.transpose(1, 2).reshape(batch_layers, dim, height, width)
+        return self.ff(tokens)
 
-    def forward(self, hidden_states: Tensor, context: LayerContext) -> Tensor:
-        """Apply the block to ``hidden_states`` ``(B*L, C, h, w)`` with ``context``."""
-        args = (hidden_states, context.layer_hidden_states, context.layer_valid, context.num_layers)
+    def forward(self, tokens: Tensor, context: LayerContext) -> Tensor:
+        """Apply the block to ``tokens`` ``(B*L, N, C)`` with ``context``."""
+        args = (tokens, context.layer_hidden_states, context.layer_valid, context.num_layers)
         if torch.is_grad_enabled() and self.gradient_checkpointing:
             return self._gradient_checkpointing_func(self._forward, *args)
         return self._forward(*args)
 
 
-class LayerCollaborativeTransformer(nn.Module):
-    """An SD ``Transformer2DModel`` followed by a :class:`LayerCollaborativeBlock`.
+class LayerCollaborativeTransformerBlock(nn.Module):
+    """An SD ``BasicTransformerBlock`` followed by a :class:`LayerCollaborativeBlock`.
 
-    Replaces the transformer inside a diffusers UNet block with the same call signature.
-    The :class:`LayerContext` is taken out of ``cross_attention_kwargs`` so the SD block
-    (and its attention processors) never see it; without a context the block is skipped.
+    Replaces a block in a ``Transformer2DModel``'s ``transformer_blocks`` with the same call
+    signature (positional order included, as the transformer's gradient checkpointing calls
+    it positionally). The :class:`LayerContext` is taken out of ``cross_attention_kwargs``
+    so the SD block (and its attention processors) never see it; without a context the
+    layer block is skipped.
     """
 
-    def __init__(self, transformer: nn.Module, max_layers: int = 8) -> None:
+    def __init__(self, block: BasicTransformerBlock, max_layers: int = 8) -> None:
         super().__init__()
-        self.transformer = transformer
-        first = transformer.transformer_blocks[0]
-        dim = first.attn1.to_q.in_features
-        heads = first.attn1.heads
-        attn2 = first.attn2
+        self.block = block
+        dim = block.attn1.to_q.in_features
+        heads = block.attn1.heads
+        attn2 = block.attn2
         if attn2 is not None and attn2.is_cross_attention:
             cross_dim = attn2.to_k.in_features
             qkv_bias = attn2.to_q.bias is not None
         else:
-            cross_dim = transformer.config.cross_attention_dim or dim
+            cross_dim = dim
             qkv_bias = False
         self.layer_block = LayerCollaborativeBlock(
             dim, cross_dim, heads, dim // heads, max_layers=max_layers, qkv_bias=qkv_bias
@@ -221,29 +220,34 @@ class LayerCollaborativeTransformer(nn.Module):
         self.init_from_transformer()
 
     def init_from_transformer(self) -> None:
-        """(Re-)initialise the intra-layer attention from the transformer's attn2 weights."""
-        first = self.transformer.transformer_blocks[0]
-        if first.attn2 is not None and first.attn2.is_cross_attention:
-            self.layer_block.intra_layer.init_from_cross_attention(first.attn2, first.norm2)
+        """(Re-)initialise the intra-layer attention from the SD block's attn2 and norm2."""
+        if self.block.attn2 is not None and self.block.attn2.is_cross_attention:
+            self.layer_block.intra_layer.init_from_cross_attention(self.block.attn2, self.block.norm2)
 
     def forward(
         self,
         hidden_states: Tensor,
-        *args: Any,
+        attention_mask: Tensor | None = None,
+        encoder_hidden_states: Tensor | None = None,
+        encoder_attention_mask: Tensor | None = None,
+        timestep: Tensor | None = None,
         cross_attention_kwargs: dict[str, Any] | None = None,
-        return_dict: bool = True,
-        **kwargs: Any,
-    ) -> Transformer2DModelOutput | tuple[Tensor]:
-        """Same signature as ``Transformer2DModel.forward``; ``(B*L, C, h, w)`` in and out."""
+        class_labels: Tensor | None = None,
+        added_cond_kwargs: dict[str, Tensor] | None = None,
+    ) -> Tensor:
+        """``BasicTransformerBlock.forward``: tokens ``(B*L, N, C)`` in and out."""
         cross_attention_kwargs = dict(cross_attention_kwargs or {})
         context = cross_attention_kwargs.pop(LAYER_CONTEXT_KEY, None)
-        out = self.transformer(
+        out = self.block(
             hidden_states,
-            *args,
+            attention_mask=attention_mask,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            timestep=timestep,
             cross_attention_kwargs=cross_attention_kwargs or None,
-            return_dict=False,
-            **kwargs,
-        )[0]
+            class_labels=class_labels,
+            added_cond_kwargs=added_cond_kwargs,
+        )
         if context is not None:
             out = self.layer_block(out, context)
-        return Transformer2DModelOutput(sample=out) if return_dict else (out,)
+        return out

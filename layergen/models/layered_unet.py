@@ -3,10 +3,11 @@
 ``LayeredUNet`` wraps a diffusers ``UNet2DConditionModel``. The ``L`` layers of a layered
 latent are folded into the batch for the SD blocks, ``# (B, L, C, h, w) -> (B*L, C, h, w)``,
 the global prompt is repeated per layer and the per-layer timesteps are flattened. Every
-``Transformer2DModel`` of the down, mid and up blocks is replaced by a
-:class:`~layergen.models.layer_attention.LayerCollaborativeTransformer` (the SD block
-followed by inter-layer attention, text-guided intra-layer attention and an FFN, all
-zero-initialised), and the layer prompts pass through the
+``BasicTransformerBlock`` inside the ``Transformer2DModel`` s of the down, mid and up blocks
+is replaced by a
+:class:`~layergen.models.layer_attention.LayerCollaborativeTransformerBlock` (the SD block
+followed, on the same inner tokens, by inter-layer attention, text-guided intra-layer
+attention and an FFN, all zero-initialised), and the layer prompts pass through the
 :class:`~layergen.models.prompt_enhancer.LayerPromptEnhancer` first. A fresh model therefore
 reproduces the base UNet on every layer exactly, which is what makes starting from Stable
 Diffusion weights valid.
@@ -39,13 +40,13 @@ from typing import Any
 import torch
 from diffusers import ConfigMixin, ModelMixin, UNet2DConditionModel
 from diffusers.configuration_utils import register_to_config
-from diffusers.models.transformers.transformer_2d import Transformer2DModel
+from diffusers.models.attention import BasicTransformerBlock
 from diffusers.utils import BaseOutput
 from torch import Tensor, nn
 
 from layergen.models.layer_attention import (
     LAYER_CONTEXT_KEY,
-    LayerCollaborativeTransformer,
+    LayerCollaborativeTransformerBlock,
     LayerContext,
 )
 from layergen.models.prompt_enhancer import LayerPromptEnhancer
@@ -179,12 +180,12 @@ class LayeredUNet(ModelMixin, ConfigMixin):
             self.wrapped_paths.update({"conv_in": "image_conv", "conv_out": "image_conv"})
         if layer_blocks:
             for path, module in list(self.unet.named_modules()):
-                if isinstance(module, Transformer2DModel):
+                if isinstance(module, BasicTransformerBlock):
                     parent_path, _, name = path.rpartition(".")
                     parent = self.unet.get_submodule(parent_path)
-                    wrapper = LayerCollaborativeTransformer(module, max_layers=max_layers)
+                    wrapper = LayerCollaborativeTransformerBlock(module, max_layers=max_layers)
                     parent.register_module(name, wrapper)
-                    self.wrapped_paths[path] = "transformer"
+                    self.wrapped_paths[path] = "block"
             cross_dim = self.unet.config.cross_attention_dim
             self.layer_prompt_enhancer = LayerPromptEnhancer(
                 cross_dim, prompt_enhancer, heads=prompt_enhancer_heads, max_layers=max_layers
@@ -233,6 +234,27 @@ class LayeredUNet(ModelMixin, ConfigMixin):
         unet = UNet2DConditionModel.from_pretrained(name_or_path, subfolder=subfolder)
         return cls.from_unet(unet, **options)
 
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        """diffusers' ``from_pretrained``, refusing weights saved with the old block placement.
+
+        Before the layer-collaborative blocks moved onto the transformers' inner tokens they
+        ran after each whole ``Transformer2DModel`` (keys ``...attentions.N.transformer.``);
+        diffusers would load such a file with the SD blocks randomly re-initialised.
+        """
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        old = [k for k in info["unexpected_keys"] if ".transformer." in k]
+        if old:
+            raise ValueError(
+                f"LayeredUNet: {args[0] if args else kwargs.get('pretrained_model_name_or_path')} "
+                f"was saved by an older layergen, with the layer-collaborative blocks after each "
+                f"Transformer2DModel (e.g. {old[0]!r}); they now run on the transformer's inner "
+                "tokens, where the trained blocks do not carry over: re-train the diffusion model "
+                "(python train.py fit --config ...) and re-export it with its SavePretrained callback"
+            )
+        return (model, info) if want_info else model
+
     def _wrapped_key(self, key: str) -> str:
         for path, inner in self.wrapped_paths.items():
             if key.startswith(path + "."):
@@ -254,7 +276,7 @@ class LayeredUNet(ModelMixin, ConfigMixin):
         if new:
             raise ValueError(f"LayeredUNet: base UNet state dict lacks keys: {new[:5]}")
         for module in self.unet.modules():
-            if isinstance(module, LayerCollaborativeTransformer):
+            if isinstance(module, LayerCollaborativeTransformerBlock):
                 module.init_from_transformer()
             elif isinstance(module, (MaskGatedConvIn, MaskConvOut)):
                 module.init_from_image_conv()

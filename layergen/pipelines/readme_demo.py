@@ -5,8 +5,10 @@ Steps (``run_demo``):
 1. build the tiny offline CLIP text encoder of the synthetic-scene vocabulary;
 2. train the demo per-layer autoencoder (``configs/demo/ae.yaml``) through LightningCLI; its
    ``SavePretrained`` callback exports it;
-3. train the demo layered diffusion model (``configs/demo/ldm.yaml``) on its latents; the
-   callback exports a ``LayeredDiffusionPipeline`` directory;
+3. encode the training and validation scenes once with the frozen autoencoder and text
+   encoder (:func:`layergen.data.latents.cache_latents`), then train the demo layered
+   diffusion model (``configs/demo/ldm.yaml``) on those cached latents; the callback exports
+   a ``LayeredDiffusionPipeline`` directory;
 4. generate layered images for held-out prompts (the test split of the synthetic scenes);
 5. edit: replace one foreground (new layer prompt) and regenerate a background behind fixed
    foregrounds — kept layers come back bit-identical;
@@ -25,7 +27,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
+from layergen.data.latents import cache_latents
 from layergen.data.shapes import COLORS, SHAPES, ShapeScenes, describe_background, vocabulary
 from layergen.export import save_contact_sheet, save_layered
 from layergen.layers import BACKGROUND_PROMPT, LayeredImage
@@ -65,6 +69,27 @@ def train_with_cli(config: Path, root: Path, overrides: list[str]) -> None:
     cli_main(args)
 
 
+def announce(stage: str, seconds: dict[str, float]) -> None:
+    """One flushed line per demo stage (visible when the output is a file or a pipe)."""
+    done = sum(seconds.values()) / 60
+    print(f"[demo] {stage} ({done:.1f} min so far)", flush=True)
+
+
+def cache_demo_latents(ae_config: Path, out: Path, autoencoder: Path, text_encoder: Path,
+                       fast: bool) -> Path:
+    """Encode the scenes the autoencoder config trains on (train and val) once, in memory-sized
+    single shards ``out/{train,val}/latents-000000.tar``; returns ``out``."""
+    data = yaml.safe_load(ae_config.read_text())["data"]["init_args"]
+    counts = {"train": 256 if fast else data["num_train"], "val": 64 if fast else data["num_val"]}
+    for split, count in counts.items():
+        scenes = ShapeScenes(size=data["image_size"], min_foregrounds=data["min_foregrounds"],
+                             max_foregrounds=data["max_foregrounds"], seed=data["seed"],
+                             split=split, length=count)
+        cache_latents(None, out / split, str(autoencoder), str(text_encoder), batch_size=64,
+                      samples_per_shard=count, samples=(scenes[i] for i in range(count)))
+    return out
+
+
 def _fast_overrides(fast: bool) -> list[str]:
     if not fast:
         return []
@@ -78,10 +103,6 @@ def _fast_overrides(fast: bool) -> list[str]:
         "2",
         "--trainer.log_every_n_steps",
         "5",
-        "--data.init_args.num_train",
-        "256",
-        "--data.init_args.num_val",
-        "64",
     ]
 
 
@@ -203,18 +224,22 @@ def run_demo(
         steps, num_samples = min(steps, FAST_SAMPLE_STEPS), min(num_samples, FAST_NUM_SAMPLES)
         num_eval = num_samples
 
+    announce("stage 1/3: tiny text encoder and autoencoder training", seconds)
     start = time.perf_counter()
     text_dir = out / "text_encoder"
     if not (reuse and (text_dir / "text_encoder").exists()):
         build_tiny_text_encoder(text_dir, vocabulary())
     ae_dir = out / "ae" / "pretrained"
     if not (reuse and ae_dir.exists()):
-        train_with_cli(Path(ae_config), out / "ae", _fast_overrides(fast))
+        scenes = ["--data.init_args.num_train", "256", "--data.init_args.num_val", "64"]
+        train_with_cli(Path(ae_config), out / "ae", _fast_overrides(fast) + (scenes if fast else []))
     seconds["autoencoder"] = time.perf_counter() - start
 
+    announce("stage 2/3: latent cache and diffusion training", seconds)
     start = time.perf_counter()
     pipeline_dir = out / "ldm" / "pretrained"
     if not (reuse and (pipeline_dir / "model_index.json").exists()):
+        latents = cache_demo_latents(Path(ae_config), out / "latents", ae_dir, text_dir, fast)
         train_with_cli(
             Path(ldm_config),
             out / "ldm",
@@ -223,11 +248,16 @@ def run_demo(
                 str(ae_dir),
                 "--model.init_args.text_encoder",
                 str(text_dir),
+                "--data.init_args.train_shards",
+                str(latents / "train" / "latents-000000.tar"),
+                "--data.init_args.val_shards",
+                str(latents / "val" / "latents-000000.tar"),
                 *_fast_overrides(fast),
             ],
         )
     seconds["diffusion"] = time.perf_counter() - start
 
+    announce("stage 3/3: sampling held-out prompts, edits, export", seconds)
     start = time.perf_counter()
     pipe = LayeredDiffusionPipeline.from_pretrained(pipeline_dir)
     pipe.set_progress_bar_config(disable=True)

@@ -76,12 +76,14 @@ class SynthesisRecord:
     def to_layered_image(self) -> LayeredImage:
         """The finished layered image (Text2Layer eq. 1 / LayerDiff eq. 1).
 
-        Metadata holds ``key``, ``source``, ``scores`` and ``provenance``.
+        Its ``image`` is the source photograph (``image.png`` in a shard, the target of the
+        auxiliary composite head); metadata holds ``key``, ``source``, ``scores`` and
+        ``provenance``.
 
         Raises:
             ValueError: if a stage output is missing, naming the field and the key.
         """
-        for name in ("masks", "foregrounds", "background"):
+        for name in ("image", "masks", "foregrounds", "background"):
             if getattr(self, name) is None:
                 raise ValueError(f"record {self.key!r}: field {name!r} was not produced")
         num_foregrounds = int(self.masks.shape[0])
@@ -93,6 +95,7 @@ class SynthesisRecord:
             prompt=self.caption,
             layer_prompts=layer_prompts,
             metadata=self.metadata(),
+            image=self.image.float(),
         )
 
     def metadata(self) -> dict[str, Any]:

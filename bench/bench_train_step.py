@@ -41,9 +41,10 @@ def build_module(tmp: Path) -> tuple[LayeredDiffusionModule, dict]:
     ae_args, _ = init_args("ae.yaml")
     PerLayerAutoencoder(**ae_args["autoencoder"]["init_args"]).save_pretrained(tmp / "ae")
     build_tiny_text_encoder(tmp / "text_encoder", vocabulary())
-    model_args, data_args = init_args("ldm.yaml")
+    model_args, _ = init_args("ldm.yaml")
     model_args.update(autoencoder=str(tmp / "ae"), text_encoder=str(tmp / "text_encoder"))
-    return LayeredDiffusionModule(**model_args), data_args
+    _, scene_args = init_args("ae.yaml")  # the scenes both demo stages train on
+    return LayeredDiffusionModule(**model_args), scene_args
 
 
 def time_steps(module: LayeredDiffusionModule, batches, steps: int, warmup: int = 3) -> float:
@@ -71,7 +72,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     with tempfile.TemporaryDirectory() as tmp:
         module, data_args = build_module(Path(tmp))
-        data_args.update(num_train=args.num_scenes, num_val=8)
+        data_args.update(num_train=args.num_scenes, num_val=8, batch_size=8)  # the old demo's batch
         data = LayeredDataModule(**data_args)
         data.setup("fit")
 

@@ -357,18 +357,21 @@ class LatentDataModule(pl.LightningDataModule):
         in_memory: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # not a hyper-parameter: the diffusion module logs the text encoder it loads (the
+        # logger refuses one key with two values, e.g. None here and a path there)
+        self.save_hyperparameters(ignore=["text_encoder"])
+        self.text_encoder = text_encoder
         self.collate: LatentCollate | None = None
         self._in_memory: dict[bool, InMemoryLatents] = {}
 
     def setup(self, stage: str | None = None) -> None:
-        if self.collate is None and self.hparams.text_encoder is None:
+        if self.collate is None and self.text_encoder is None:
             empty = load_empty_embedding(self.hparams.train_shards)
             self.collate = LatentCollate(self.hparams.max_foregrounds + 1, empty)
         if self.collate is None:
             from layergen.models.text_encoder import load_text_encoder
 
-            tokenizer, te = load_text_encoder(self.hparams.text_encoder)
+            tokenizer, te = load_text_encoder(self.text_encoder)
             empty = encode_prompts(tokenizer, te, [""])[0].half()
             self.collate = LatentCollate(self.hparams.max_foregrounds + 1, empty)
 

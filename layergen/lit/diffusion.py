@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers.optimization import get_scheduler
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -65,7 +66,9 @@ class LayeredDiffusionModule(pl.LightningModule):
         shared_timestep_prob: share of samples with one timestep for all layers.
         global_dropout, layer_dropout: condition dropout rates.
         clean_layers_prob: share of samples with a clean, loss-free subset of layers.
-        lr, weight_decay, warmup_steps, betas: AdamW and linear warm-up, then constant.
+        lr, weight_decay, warmup_steps, betas: AdamW and linear warm-up.
+        lr_schedule: after the warm-up, ``"constant"`` or ``"cosine"`` (decay to 0 at the
+            Trainer's ``max_steps``; diffusers' ``get_scheduler`` names).
         ema_decay: EMA decay per optimizer step (None: no EMA; the raw weights are used).
     """
 
@@ -99,6 +102,7 @@ class LayeredDiffusionModule(pl.LightningModule):
         weight_decay: float = 1e-4,
         warmup_steps: int = 500,
         betas: tuple[float, float] = (0.9, 0.999),
+        lr_schedule: Literal["constant", "cosine"] = "constant",
         ema_decay: float | None = 0.9999,
     ) -> None:
         super().__init__()
@@ -278,10 +282,12 @@ class LayeredDiffusionModule(pl.LightningModule):
             params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
             betas=tuple(self.hparams.betas),
         )
-        warmup = max(1, self.hparams.warmup_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup)
-        )
+        name = "constant_with_warmup" if self.hparams.lr_schedule == "constant" else "cosine"
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else None
+        if name == "cosine" and total is None:
+            raise ValueError("lr_schedule: 'cosine' needs the Trainer's max_steps")
+        scheduler = get_scheduler(name, optimizer, num_warmup_steps=self.hparams.warmup_steps,
+                                  num_training_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -19,7 +19,12 @@ from layergen.data.labels import (
 from layergen.data.shapes import ShapeScenes
 from layergen.data.shards import write_shards
 from layergen.lit.classifier import QualityClassifierModule
-from layergen.models.quality_classifier import QualityClassifier, select_threshold, threshold_report
+from layergen.models.quality_classifier import (
+    QualityClassifier,
+    select_threshold,
+    threshold_report,
+    widen_first_conv,
+)
 from layergen.synthesis.backends.quality import ClassifierScorer
 
 
@@ -31,8 +36,10 @@ def _batch(size: int = 4, resolution: int = 32) -> dict:
     }
 
 
-def test_only_the_last_layer_changes_after_a_training_step():
-    module = QualityClassifierModule(kind="mask", image_size=32, weights=None, learning_rate=0.1)
+@pytest.mark.parametrize("kind", ["mask", "inpaint"])
+def test_only_the_last_layer_changes_after_a_training_step(kind):
+    module = QualityClassifierModule(kind=kind, image_size=32, weights=None, learning_rate=0.1)
+    assert module.model.in_channels == (4 if kind == "mask" else 3)
     module.train()
     assert not module.model.features.training  # frozen backbone stays in eval mode
     frozen = {
@@ -53,18 +60,103 @@ def test_only_the_last_layer_changes_after_a_training_step():
     assert trainable == ["head.weight", "head.bias"]
 
 
-def test_mask_enters_as_a_cutout_over_grey():
+def test_mask_classifier_takes_the_image_and_the_mask_as_four_channels():
     model = QualityClassifier(kind="mask", image_size=8)
-    image = torch.full((1, 3, 8, 8), 1.0)  # white
+    assert model.features[0][0].in_channels == 4 and model.in_channels == 4
+    image = torch.rand(1, 3, 8, 8) * 2 - 1
     mask = torch.zeros(1, 1, 8, 8)
     mask[..., :4] = 1.0
-    pixels = model.prepare_inputs(image, mask) * model.std + model.mean  # back to [0, 1]
-    assert torch.allclose(pixels[..., :3], torch.ones(1, 3, 8, 3), atol=1e-5)
-    assert torch.allclose(pixels[..., 5:], torch.full((1, 3, 8, 3), 0.5), atol=1e-5)
+    inputs = model.prepare_inputs(image, mask)
+    assert inputs.shape == (1, 4, 8, 8)
+    pixels = inputs * model.std + model.mean  # back to [0, 1]
+    assert torch.allclose(pixels[:, :3], (image + 1) / 2, atol=1e-5)  # the whole image I
+    assert torch.allclose(pixels[:, 3:], mask, atol=1e-5)  # and its mask m
     with pytest.raises(ValueError, match="masks"):
         model.prepare_inputs(image)
-    side = QualityClassifier(kind="mask", mask_input="side_by_side", image_size=8)
-    assert side.prepare_inputs(image, mask).shape == (1, 3, 8, 8)
+    inpaint = QualityClassifier(kind="inpaint", image_size=8)  # paper: the inpainted image
+    assert inpaint.in_channels == 3
+    assert inpaint.prepare_inputs(image).shape == (1, 3, 8, 8)
+
+
+def _calibrated(model: QualityClassifier, images: torch.Tensor, masks: torch.Tensor):
+    """Set the BatchNorm statistics of a random backbone from one batch.
+
+    With random weights and the default statistics the activations of EfficientNet-b0 vanish
+    (about 1e-15 at the last stage), so every input would get the same score.
+    """
+    for layer in model.features.modules():
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            layer.momentum = 1.0
+    model.features.train()
+    with torch.no_grad():
+        model.features(model.prepare_inputs(images, masks))
+    return model.eval()
+
+
+def test_mask_score_depends_on_the_image_and_on_the_mask():
+    torch.manual_seed(0)
+    image = torch.rand(2, 3, 32, 32) * 2 - 1
+    other_image = torch.rand(2, 3, 32, 32) * 2 - 1
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1.0
+    other_mask = torch.zeros(2, 1, 32, 32)
+    other_mask[..., :4, :4] = 1.0
+    model = QualityClassifier(kind="mask", image_size=32)
+    model = _calibrated(model, torch.cat([image, other_image]), torch.cat([mask, other_mask]))
+    score = model(image, mask)
+    assert not torch.allclose(model(other_image, mask), score)  # RGB under a fixed mask
+    assert not torch.allclose(model(image, other_mask), score)  # mask under a fixed image
+
+
+def test_widened_first_conv_keeps_the_rgb_weights(tmp_path):
+    from torchvision.models import efficientnet_b0
+
+    source = efficientnet_b0(weights=None)
+    torch.save(source.state_dict(), tmp_path / "b0.pth")
+    rgb = source.features[0][0].weight
+    model = QualityClassifier(kind="mask", image_size=32)
+    model.load_backbone(str(tmp_path / "b0.pth"))
+    weight = model.features[0][0].weight
+    assert weight.shape == (rgb.shape[0], 4, *rgb.shape[2:])
+    assert torch.equal(weight[:, :3], rgb)
+    assert torch.allclose(weight[:, 3], rgb.mean(dim=1))  # mask filter: mean of RGB filters
+    assert torch.equal(
+        model.features[1][0].block[0][0].weight, source.features[1][0].block[0][0].weight
+    )
+    assert not model.features[0][0].weight.requires_grad
+    assert torch.equal(widen_first_conv(rgb, 3), rgb)
+
+
+def test_old_three_channel_mask_classifier_is_refused(tmp_path):
+    old = QualityClassifier(kind="inpaint", image_size=32)  # a 3-channel backbone
+    old.save_pretrained(str(tmp_path / "old"))
+    config_path = tmp_path / "old" / "config.json"
+    config = json.loads(config_path.read_text())
+    config.update(kind="mask", mask_input="cutout")  # as exported by the cut-out version
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="Retrain"):
+        QualityClassifier.from_pretrained(str(tmp_path / "old"))
+    with pytest.raises(ValueError, match="Retrain"):
+        ClassifierScorer(str(tmp_path / "old"))
+    # a 3-channel state dict (e.g. a Lightning checkpoint) into the 4-channel classifier
+    module = QualityClassifierModule(kind="mask", image_size=32, weights=None)
+    state = {f"model.{key}": value for key, value in old.state_dict().items()}
+    with pytest.raises(RuntimeError, match="Retrain"):
+        module.load_state_dict(state)
+
+
+@pytest.mark.parametrize("kind", ["mask", "inpaint"])
+def test_configs_train_for_the_papers_100_epochs(kind):
+    import yaml
+
+    config = os.path.join(os.path.dirname(__file__), "..", "configs", f"classifier_{kind}.yaml")
+    with open(config) as handle:
+        settings = yaml.safe_load(handle)
+    # "After the classifiers are well-trained after 100 epochs" (Text2Layer sec. III-D)
+    assert settings["trainer"]["max_epochs"] == 100
+    assert settings["model"]["init_args"]["kind"] == kind
+    if kind == "mask":
+        assert settings["model"]["init_args"]["mask_input"] == "concat"
 
 
 def test_select_threshold_by_hand():
@@ -100,7 +192,7 @@ def test_backbone_loads_from_a_state_dict_path(tmp_path):
 
     source = efficientnet_b0(weights=None)
     torch.save(source.state_dict(), tmp_path / "b0.pth")
-    model = QualityClassifier(image_size=32)
+    model = QualityClassifier(kind="inpaint", image_size=32)
     model.load_backbone(str(tmp_path / "b0.pth"))
     assert torch.equal(model.features[0][0].weight, source.features[0][0].weight)
 

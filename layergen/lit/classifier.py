@@ -33,13 +33,18 @@ class QualityClassifierModule(pl.LightningModule):
 
     Batches are dicts ``{"images": (B, 3, H, W) [-1, 1], "masks": (B, 1, H, W) [0, 1],
     "labels": (B,) 1 good / 0 bad}`` (:class:`~layergen.data.labels.QualityLabelsDataModule`).
+    The mask kind classifies the 4-channel ``[image I, mask m]`` (paper: "the inputs are
+    the original images I and their corresponding masks m"), the inpaint kind the
+    background ``B`` alone (``"images"``; ``"masks"`` unused).
 
     Args:
         kind: ``"mask"`` or ``"inpaint"``.
-        mask_input: ``"cutout"`` or ``"side_by_side"`` (mask kind only).
+        mask_input: ``"concat"``: the mask is the 4th input channel (mask kind only).
         image_size: classifier input side.
         weights: ImageNet weights of the backbone, a torchvision weights name (from the
-            local torch hub cache) or a state-dict path; ``None`` for random (tests).
+            local torch hub cache) or a state-dict path; ``None`` for random (tests). The
+            mask kind widens the first convolution to 4 channels (RGB filters kept, the
+            mask filter their mean; :func:`~layergen.models.quality_classifier.widen_first_conv`).
         learning_rate: AdamW learning rate of the last layer.
         weight_decay: AdamW weight decay.
         target_precision: precision of the kept ("good") set the threshold is chosen for.
@@ -48,7 +53,7 @@ class QualityClassifierModule(pl.LightningModule):
     def __init__(
         self,
         kind: str = "mask",
-        mask_input: str = "cutout",
+        mask_input: str = "concat",
         image_size: int = 224,
         weights: str | None = "IMAGENET1K_V1",
         learning_rate: float = 1e-3,
@@ -70,14 +75,19 @@ class QualityClassifierModule(pl.LightningModule):
             weight_decay=self.hparams.weight_decay,
         )
 
+    def _logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Logits ``(B,)``: of ``[I, m]`` (mask kind) or of ``B`` (inpaint kind)."""
+        masks = batch["masks"] if self.model.config.kind == "mask" else None
+        return self.model(batch["images"], masks)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        logits = self.model(batch["images"], batch["masks"])
+        logits = self._logits(batch)
         loss = F.binary_cross_entropy_with_logits(logits.float(), batch["labels"].float())
         self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        logits = self.model(batch["images"], batch["masks"]).float()
+        logits = self._logits(batch).float()
         labels = batch["labels"].float()
         self.log(
             "val/loss",

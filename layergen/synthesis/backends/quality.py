@@ -42,6 +42,9 @@ class QualityScorer(ABC):
 class ClassifierScorer(QualityScorer):
     """``p(good)`` of a trained quality classifier.
 
+    The mask kind scores the image ``I`` with its salient mask ``m`` (the classifier's
+    4-channel input ``[I, m]``), the inpaint kind the inpainted background ``B`` alone.
+
     Args:
         model_name_or_path: directory written by ``QualityClassifier.save_pretrained``.
         threshold: overrides the threshold saved with the classifier.

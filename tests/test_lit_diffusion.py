@@ -316,3 +316,28 @@ def test_validation_and_ema_follow_the_averaged_weights(assets):
     module.ema_unet.update_parameters(module.unet)
     for old, new, p in zip(before, module.ema_unet.module.parameters(), module.unet.parameters()):
         torch.testing.assert_close(new, 0.5 * old + 0.5 * p)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_lr_schedule_warms_up_then_holds_or_decays_to_zero(assets, schedule):
+    module = make_module(assets, lr=1e-3, warmup_steps=10, lr_schedule=schedule)
+    module.trainer = type("Trainer", (), {"max_steps": 100})()
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(100):
+        lrs.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    assert lrs[0] == 0.0 and lrs[5] == pytest.approx(5e-4)
+    assert lrs[10] == pytest.approx(1e-3)
+    if schedule == "constant":
+        assert lrs[-1] == pytest.approx(1e-3)
+    else:
+        assert lrs[55] == pytest.approx(5e-4, rel=1e-2) and lrs[-1] < 1e-6
+
+
+def test_cosine_lr_schedule_needs_max_steps(assets):
+    module = make_module(assets, lr_schedule="cosine")
+    module.trainer = type("Trainer", (), {"max_steps": -1})()
+    with pytest.raises(ValueError, match="max_steps"):
+        module.configure_optimizers()

@@ -26,8 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the one recorded in the checkpoint)")
     parser.add_argument("--data", default="synthetic", help="'synthetic' or test shards (dir / pattern)")
     parser.add_argument("--num-samples", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="sampling steps (default: the pipeline's recipe)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance scale (default: the pipeline's recipe)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", default="eval", help="output directory (samples, reports)")
@@ -56,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         from layergen.benchmark.cli import main as benchmark_main
 
         forwarded = ["--model", args.model or args.ckpt, "--num-samples", str(args.num_samples),
-                     "--steps", str(args.steps), "--guidance", str(args.guidance), "--seed", str(args.seed)]
+                     "--seed", str(args.seed)]
+        for flag, value in (("--steps", args.steps), ("--guidance", args.guidance)):
+            if value is not None:
+                forwarded += [flag, str(value)]
         if args.autoencoder:
             forwarded += ["--autoencoder", args.autoencoder]
         return benchmark_main(forwarded)

@@ -44,9 +44,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--negative-prompt", help="global negative prompt (needs --guidance > 1)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=50, help="sampling steps")
     parser.add_argument(
-        "--guidance", type=float, default=7.5, help="classifier-free guidance scale"
+        "--steps", type=int, default=None, help="sampling steps (default: the pipeline's recipe)"
+    )
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (default: the pipeline's recipe)",
     )
     parser.add_argument("--height", type=int)
     parser.add_argument("--width", type=int)
@@ -56,7 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     edit.add_argument("--keep", type=int, nargs="+", help="indices of layers kept (0 = background)")
     edit.add_argument("--restyle", type=int, metavar="I", help="restyle layer I")
     edit.add_argument(
-        "--strength", type=float, default=0.5, help="restyle noise strength in (0, 1]"
+        "--strength",
+        type=float,
+        default=None,
+        help="restyle noise strength in (0, 1] (default: the pipeline's recipe)",
     )
     args = parser.parse_args(argv)
     if args.edit is None and not args.prompt:

@@ -117,7 +117,7 @@ def test_text2layer_joint_mode(joint_pipe):
 
 
 def test_layerdiff_negative_prompts():
-    global_neg, layer_neg = layerdiff_negative_prompts(LAYERS + [""])
+    global_neg, layer_neg = layerdiff_negative_prompts(LAYERS, 4)  # one padded layer
     assert global_neg == "a large red star, a small blue circle"
     assert layer_neg == [global_neg, BACKGROUND_PROMPT, BACKGROUND_PROMPT, ""]
 

@@ -49,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-foregrounds", type=int, default=None,
                         help="default: the model's fixed K, else 2")
     parser.add_argument("--num-samples", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=20, help="sampling steps (generators)")
-    parser.add_argument("--guidance", type=float, default=1.0, help="guidance scale (generators)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="sampling steps (generators; default: the pipeline's recipe)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="guidance scale (generators; default: the pipeline's recipe)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
@@ -108,9 +110,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     if kind == GROUND_TRUTH:
         generated = references
     else:
-        generated, consistency = generate_for_scenes(model, references, args.steps, args.guidance,
+        recipe = model.resolve_recipe(args.steps, args.guidance)
+        steps, guidance = recipe["num_inference_steps"], recipe["guidance_scale"]
+        generated, consistency = generate_for_scenes(model, references, steps, guidance,
                                                      args.seed, args.batch_size)
-        setting.update(steps=args.steps, guidance=args.guidance)
+        setting.update(steps=steps, guidance=guidance)
         composite_only = getattr(model.autoencoder, "composite_only", False)
     summary = score_generated(generated, references, probe, segmenter, consistency, composite_only)
     return {"kind": kind, "setting": setting, "columns": list(GENERATOR_COLUMNS), "summary": summary}

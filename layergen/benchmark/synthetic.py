@@ -208,10 +208,12 @@ def score_generated(
 
 @torch.no_grad()
 def generate_for_scenes(
-    pipe, scenes: Sequence[LayeredImage], num_inference_steps: int = 20,
-    guidance_scale: float = 1.0, seed: int = 0, batch_size: int = 8,
+    pipe, scenes: Sequence[LayeredImage], num_inference_steps: int | None = None,
+    guidance_scale: float | None = None, seed: int = 0, batch_size: int = 8,
 ) -> tuple[list[LayeredImage], list[float] | None]:
     """Generate one layered image per scene from its prompt and layer prompts.
+
+    Unset ``num_inference_steps`` / ``guidance_scale``: the pipeline's recipe.
 
     Sample ``i`` uses the generator seeded ``seed + i`` so results do not depend on the
     batch size. For joint autoencoders with a composite head, also returns the per-sample

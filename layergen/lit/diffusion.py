@@ -40,6 +40,7 @@ from layergen.models.autoencoder_outputs import latent_layer_index
 from layergen.models.layered_unet import LayeredUNet, build_layered_unet
 from layergen.models.loading import load_autoencoder
 from layergen.models.text_encoder import encode_prompts, load_text_encoder
+from layergen.pipelines.recipe import family_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,10 @@ class LayeredDiffusionModule(pl.LightningModule):
         lr_schedule: after the warm-up, ``"constant"`` or ``"cosine"`` (decay to 0 at the
             Trainer's ``max_steps``; diffusers' ``get_scheduler`` names).
         ema_decay: EMA decay per optimizer step (None: no EMA; the raw weights are used).
+        sampling: the exported pipeline's sampling recipe (``num_inference_steps``,
+            ``guidance_scale``, ``restyle_strength``), over the family's defaults
+            (:mod:`layergen.pipelines.recipe`: LayerDiff with ``layer_blocks``: 100, 3.0,
+            0.25; Text2Layer without: 50, 7.5, 0.5).
     """
 
     def __init__(
@@ -104,8 +109,10 @@ class LayeredDiffusionModule(pl.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         lr_schedule: Literal["constant", "cosine"] = "constant",
         ema_decay: float | None = 0.9999,
+        sampling: dict[str, int | float] | None = None,
     ) -> None:
         super().__init__()
+        family_recipe(layer_blocks, sampling)  # fail early on a bad recipe
         self.save_hyperparameters()
         self.autoencoder = load_autoencoder(autoencoder).requires_grad_(False).eval()
         self.tokenizer, self.text_encoder = load_text_encoder(text_encoder)
@@ -308,7 +315,8 @@ class LayeredDiffusionModule(pl.LightningModule):
 
         ``unet/`` (EMA weights), ``autoencoder/``, ``text_encoder/``, ``tokenizer/``,
         ``scheduler/`` (a ``DDIMScheduler`` with the training noise schedule) and
-        ``model_index.json``; loadable with ``LayeredDiffusionPipeline.from_pretrained``.
+        ``model_index.json`` (with the sampling recipe, see ``sampling``); loadable with
+        ``LayeredDiffusionPipeline.from_pretrained``.
         """
         from layergen.pipelines.layered_diffusion import LayeredDiffusionPipeline
 
@@ -321,6 +329,7 @@ class LayeredDiffusionModule(pl.LightningModule):
             text_encoder=self.text_encoder,
             tokenizer=self.tokenizer,
             scheduler=scheduler,
+            **family_recipe(self.hparams.layer_blocks, self.hparams.get("sampling")),
         )
         directory = Path(directory)
         pipeline.save_pretrained(directory, safe_serialization=True)

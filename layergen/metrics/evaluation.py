@@ -404,10 +404,12 @@ def evaluate_model(args: Any) -> dict[str, Any]:
     from layergen.data.shapes import MIN_SIZE
 
     size = args.size or max(pipe.default_size, MIN_SIZE)
+    recipe = pipe.resolve_recipe(args.steps, args.guidance)  # unset: the pipeline's recipe
     settings = EvaluationSettings(
         model=str(args.model or args.ckpt), autoencoder=args.autoencoder, data=args.data,
         size=size, min_foregrounds=args.min_foregrounds, max_foregrounds=args.max_foregrounds,
-        num_samples=args.num_samples, steps=args.steps, guidance=args.guidance, seed=args.seed,
+        num_samples=args.num_samples, steps=recipe["num_inference_steps"],
+        guidance=recipe["guidance_scale"], seed=args.seed,
         batch_size=args.batch_size, fid=not args.no_fid, kid=args.kid,
         inception_weights=args.inception_weights,
         clip_model=None if args.no_clip else args.clip_model,

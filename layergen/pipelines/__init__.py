@@ -8,12 +8,16 @@ from layergen.pipelines.layered_diffusion import (
     LayeredPipelineOutput,
     layerdiff_negative_prompts,
 )
+from layergen.pipelines.recipe import FAMILY_RECIPES, LEGACY_RECIPE, family_recipe
 
 __all__ = [
+    "FAMILY_RECIPES",
+    "LEGACY_RECIPE",
     "LayeredDiffusionPipeline",
     "LayeredPipelineOutput",
     "derive_layer_prompts",
     "edit_to_file",
+    "family_recipe",
     "generate_to_file",
     "layerdiff_negative_prompts",
     "load_pipeline",

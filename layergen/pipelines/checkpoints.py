@@ -5,8 +5,9 @@ Training writes ``.ckpt`` files of ``LayeredAutoencoderModule`` and ``LayeredDif
 rebuilds the same pipeline straight from the checkpoints (``torch.load(weights_only=True)``,
 no Lightning import): the models are re-created from the saved hyper-parameters and their
 weights loaded (the diffusion model's EMA weights when present), the scheduler is the DDIM
-version of the training noise schedule, as ``LayeredDiffusionModule.export_pretrained``
-writes it.
+version of the training noise schedule and the sampling recipe is the model family's,
+updated by the module's ``sampling``, as ``LayeredDiffusionModule.export_pretrained``
+writes them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from layergen.models import load_autoencoder
 from layergen.models.layered_unet import LayeredUNet
 from layergen.models.text_encoder import load_text_encoder
 from layergen.pipelines.components import COMPONENT_CLASSES
+from layergen.pipelines.recipe import family_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -157,4 +159,5 @@ def pipeline_from_checkpoints(
         text_encoder=text_model,
         tokenizer=tokenizer,
         scheduler=scheduler_from_hparams(hparams),
+        **family_recipe(hparams.get("layer_blocks", True), hparams.get("sampling")),
     )

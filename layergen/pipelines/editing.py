@@ -9,6 +9,9 @@ kept layers are encoded clean and held at timestep 0 while the others are denois
 - **Layer restyling** (style transfer): partial noise on one layer only (like img2img, the
   last ``strength`` fraction of the schedule) under a new layer prompt.
 
+Unset steps, guidance and strength come from the pipeline's sampling recipe (LayerDiff:
+100 steps, guidance 3, restyling over the last 25 steps).
+
 Editing needs one latent layer (or more) per layer, each with its own timestep: the
 per-layer latents of ``PerLayerAutoencoder`` (``L' = L``) or the stacked SD-AE latents of
 ``StackedSDAutoencoder`` (``L' = 2L - 1``: layer ``i`` owns image latent ``i`` and, for a
@@ -213,8 +216,8 @@ class LayeredEditingMixin:
         layer_prompts: Sequence[str] | None = None,
         prompt: str | None = None,
         negative_prompt: str | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         generator: torch.Generator | None = None,
         output_type: str = "layered",
         layer_negatives: bool = True,
@@ -233,7 +236,8 @@ class LayeredEditingMixin:
                 default: the image's).
             prompt: global prompt (default: the image's).
             negative_prompt, num_inference_steps, guidance_scale, generator, output_type,
-                layer_negatives: as in ``__call__``.
+                layer_negatives: as in ``__call__`` (steps and guidance default to the
+                pipeline's recipe).
 
         Returns:
             ``LayeredPipelineOutput`` with one ``LayeredImage`` whose kept layers equal the
@@ -253,14 +257,15 @@ class LayeredEditingMixin:
             raise ValueError(f"keep: indices must lie in [0, {image.num_layers - 1}], got {keep}")
         if len(keep) == len(layer_prompts):
             raise ValueError("keep: every layer is kept; nothing to generate")
+        recipe = self.resolve_recipe(num_inference_steps, guidance_scale)
         return self._edit(
             image,
             keep,
             layer_prompts,
             image.prompt if prompt is None else prompt,
             negative_prompt,
-            num_inference_steps,
-            guidance_scale,
+            recipe["num_inference_steps"],
+            recipe["guidance_scale"],
             generator,
             output_type,
             layer_negatives,
@@ -272,11 +277,11 @@ class LayeredEditingMixin:
         image: LayeredImage,
         layer: int,
         layer_prompt: str | None = None,
-        strength: float = 0.5,
+        strength: float | None = None,
         prompt: str | None = None,
         negative_prompt: str | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         generator: torch.Generator | None = None,
         output_type: str = "layered",
         layer_negatives: bool = True,
@@ -290,12 +295,15 @@ class LayeredEditingMixin:
             image: the layered image.
             layer: index of the layer to restyle (0 = background).
             layer_prompt: its new prompt (e.g. the old one plus a style); default unchanged.
-            strength: fraction of the schedule run on that layer, in (0, 1].
+            strength: fraction of the schedule run on that layer, in (0, 1] (default: the
+                pipeline's recipe, ``restyle_strength``).
             The other arguments are as in ``edit``.
         """
         self._check_editable(image)
         if not 0 <= layer < image.num_layers:
             raise ValueError(f"layer: must lie in [0, {image.num_layers - 1}], got {layer}")
+        recipe = self.resolve_recipe(num_inference_steps, guidance_scale, strength)
+        num_inference_steps, strength = recipe["num_inference_steps"], recipe["restyle_strength"]
         if not 0.0 < strength <= 1.0:
             raise ValueError(f"strength: must lie in (0, 1], got {strength}")
         if int(round(num_inference_steps * strength)) < 1:
@@ -313,7 +321,7 @@ class LayeredEditingMixin:
             image.prompt if prompt is None else prompt,
             negative_prompt,
             num_inference_steps,
-            guidance_scale,
+            recipe["guidance_scale"],
             generator,
             output_type,
             layer_negatives,

@@ -58,13 +58,17 @@ def generate_to_file(
     num_layers: int | None = None,
     negative_prompt: str | None = None,
     seed: int = 0,
-    steps: int = 50,
-    guidance: float = 7.5,
+    steps: int | None = None,
+    guidance: float | None = None,
     height: int | None = None,
     width: int | None = None,
     model_name: str = "",
 ) -> tuple[LayeredImage, Path]:
-    """Generate one layered image and save it (``.psd``, ``.ora`` or a PNG folder)."""
+    """Generate one layered image and save it (``.psd``, ``.ora`` or a PNG folder).
+
+    ``steps`` and ``guidance`` default to the pipeline's recipe; the manifest records the
+    values used.
+    """
     image = pipe(
         prompt,
         layer_prompts=layer_prompts,
@@ -76,7 +80,13 @@ def generate_to_file(
         height=height,
         width=width,
     ).images[0]
-    manifest = _manifest(model_name, seed, steps, guidance, negative_prompt=negative_prompt)
+    manifest = _manifest(
+        model_name,
+        seed,
+        image.metadata["steps"],
+        image.metadata["guidance"],
+        negative_prompt=negative_prompt,
+    )
     return image, save_layered(image, out, manifest)
 
 
@@ -88,11 +98,11 @@ def edit_to_file(
     layer_prompts: Sequence[str] | None = None,
     prompt: str | None = None,
     restyle: int | None = None,
-    strength: float = 0.5,
+    strength: float | None = None,
     negative_prompt: str | None = None,
     seed: int = 0,
-    steps: int = 50,
-    guidance: float = 7.5,
+    steps: int | None = None,
+    guidance: float | None = None,
     model_name: str = "",
 ) -> tuple[LayeredImage, Path]:
     """Edit a layered file: regenerate the layers not in ``keep``, or restyle one layer.
@@ -102,6 +112,7 @@ def edit_to_file(
         keep: layers kept bit-identical (``edit``); exclusive with ``restyle``.
         layer_prompts: new layer prompts (``edit``: all L; ``restyle``: one, the layer's).
         restyle: index of the layer to restyle with ``strength``.
+        strength, steps, guidance: default to the pipeline's recipe.
     """
     if (keep is None) == (restyle is None):
         raise ValueError("edit: give exactly one of --keep or --restyle")
@@ -118,9 +129,14 @@ def edit_to_file(
             raise ValueError("--restyle takes one layer prompt (the restyled layer's)")
         new_prompt = layer_prompts[0] if layer_prompts else None
         result = pipe.restyle(image, restyle, new_prompt, strength=strength, **common).images[0]
-        extra = {"source": str(source), "restyle": restyle, "strength": strength}
+        extra = {
+            "source": str(source),
+            "restyle": restyle,
+            "strength": result.metadata["edit"]["strength"],
+        }
     else:
         result = pipe.edit(image, keep, layer_prompts=layer_prompts, **common).images[0]
         extra = {"source": str(source), "keep": sorted(keep)}
+    steps, guidance = result.metadata["steps"], result.metadata["guidance"]
     manifest = _manifest(model_name, seed, steps, guidance, edit=extra)
     return result, save_layered(result, out, manifest)

@@ -1,9 +1,11 @@
 """Text -> layered image: the diffusers pipeline of LayerDiff and Text2Layer.
 
 ``LayeredDiffusionPipeline`` samples layered latents ``(B, L', C, h, w)`` with any diffusers
-scheduler (DDIM by default: Text2Layer V-C uses 50 steps and guidance 7.5, LayerDiff 4.2 uses
-100 steps and guidance 3), decodes them with the layered autoencoder and returns
+scheduler (DDIM by default), decodes them with the layered autoencoder and returns
 ``LayeredImage`` s (background, foregrounds, visible masks; LayerDiff eq. 1 composite).
+Unset steps, guidance and restyle strength come from the sampling recipe in the pipeline's
+config (``model_index.json``; :mod:`layergen.pipelines.recipe`): LayerDiff 4.2 samples with
+100 steps and guidance 3, Text2Layer V-C with 50 steps and guidance 7.5.
 
 - Per-layer latents (``L' = L``, LayerDiff): global prompt ``y`` and layer prompts ``p_i``;
   classifier-free guidance (Ho & Salimans 2022) with LayerDiff's negative prompts (4.2):
@@ -39,6 +41,7 @@ from layergen.pipelines.checkpoints import pipeline_from_checkpoints
 from layergen.pipelines.components import COMPONENT_CLASSES, COMPONENTS_LIBRARY
 from layergen.pipelines.editing import LayeredEditingMixin
 from layergen.pipelines.layer_prompts import derive_layer_prompts
+from layergen.pipelines.recipe import LEGACY_RECIPE, RECIPE_KEYS, check_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -61,21 +64,27 @@ class LayeredPipelineOutput(BaseOutput):
     latents: Tensor | None = None
 
 
-def layerdiff_negative_prompts(layer_prompts: Sequence[str]) -> tuple[str, list[str]]:
+def layerdiff_negative_prompts(
+    layer_prompts: Sequence[str], num_layers: int | None = None
+) -> tuple[str, list[str]]:
     """LayerDiff's negative prompts (section 4.2) for one layered image.
 
     Args:
-        layer_prompts: ``L`` prompts, index 0 the background; padded layers are "".
+        layer_prompts: the image's ``L`` real layer prompts, index 0 the background (a
+            foreground's prompt may be empty).
+        num_layers: pad the layer negatives to this many layers (batches of mixed L).
 
     Returns:
-        ``(global_negative, layer_negatives)``: the comma-joined foreground layer prompts as
-        the global negative and the background's negative, "the background" for each
-        foreground, "" for padded layers.
+        ``(global_negative, layer_negatives)``: the comma-joined non-empty foreground
+        prompts as the global negative and the background's negative, "the background" for
+        each foreground (empty prompt or not), "" for padded layers.
     """
-    foregrounds = [p for p in layer_prompts[1:] if p]
-    joined = ", ".join(foregrounds)
-    layer_negatives = [joined] + [BACKGROUND_PROMPT if p else "" for p in layer_prompts[1:]]
-    return joined, layer_negatives
+    num_layers = len(layer_prompts) if num_layers is None else num_layers
+    if num_layers < len(layer_prompts):
+        raise ValueError(f"num_layers: {num_layers} < the {len(layer_prompts)} layer prompts")
+    joined = ", ".join(p for p in layer_prompts[1:] if p)
+    foregrounds = [BACKGROUND_PROMPT] * (len(layer_prompts) - 1)
+    return joined, [joined, *foregrounds] + [""] * (num_layers - len(layer_prompts))
 
 
 class LayeredDiffusionPipeline(LayeredEditingMixin, DiffusionPipeline):
@@ -90,6 +99,9 @@ class LayeredDiffusionPipeline(LayeredEditingMixin, DiffusionPipeline):
         text_encoder: frozen CLIP text model ``T``.
         tokenizer: its tokenizer.
         scheduler: any diffusers scheduler (``DDIMScheduler`` by default in training exports).
+        num_inference_steps, guidance_scale, restyle_strength: the sampling recipe, used
+            wherever a call leaves them unset and saved in ``model_index.json``; ``None``:
+            the defaults from before recipes were recorded (50, 7.5, 0.5).
     """
 
     model_cpu_offload_seq = "text_encoder->unet->autoencoder"
@@ -101,6 +113,9 @@ class LayeredDiffusionPipeline(LayeredEditingMixin, DiffusionPipeline):
         text_encoder: CLIPTextModel,
         tokenizer: CLIPTokenizer,
         scheduler: SchedulerMixin,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        restyle_strength: float | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -110,6 +125,12 @@ class LayeredDiffusionPipeline(LayeredEditingMixin, DiffusionPipeline):
             tokenizer=tokenizer,
             scheduler=scheduler,
         )
+        recipe = dict(
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            restyle_strength=restyle_strength,
+        )
+        self.register_to_config(**{**LEGACY_RECIPE, **check_recipe(recipe)})
 
     def register_modules(self, **kwargs: Any) -> None:
         """Register components; layergen models are recorded under ``COMPONENTS_LIBRARY``."""
@@ -151,6 +172,28 @@ class LayeredDiffusionPipeline(LayeredEditingMixin, DiffusionPipeline):
     def default_size(self) -> int:
         """Default image side: the UNet's ``sample_size`` times ``f``."""
         return int(self.unet.config.unet_config["sample_size"]) * self.latent_factor
+
+    @property
+    def sampling_recipe(self) -> dict[str, Any]:
+        """Default ``num_inference_steps``, ``guidance_scale`` and ``restyle_strength``."""
+        return {
+            key: LEGACY_RECIPE[key] if self.config.get(key) is None else self.config[key]
+            for key in RECIPE_KEYS
+        }
+
+    def resolve_recipe(
+        self,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        restyle_strength: float | None = None,
+    ) -> dict[str, Any]:
+        """The sampling recipe with the given (not None) arguments in place of its values."""
+        given = dict(
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            restyle_strength=restyle_strength,
+        )
+        return {**self.sampling_recipe, **{k: v for k, v in given.items() if v is not None}}
 
     # ------------------------------------------------------------------------------------
     # Inputs
@@ -313,7 +356,7 @@ class LayeredDiffusionPipeline(LayeredEditingMixin, DiffusionPipeline):
         if do_classifier_free_guidance:
             if isinstance(negative_prompt, str):
                 negative_prompt = [negative_prompt] * batch
-            negatives = [layerdiff_negative_prompts(lp) for lp in padded]
+            negatives = [layerdiff_negative_prompts(lp, num_layers) for lp in layer_prompts]
             if negative_prompt is not None:
                 global_negatives = list(negative_prompt)
             elif layer_negatives and with_layers:
@@ -486,8 +529,8 @@ class LayeredDiffusionPipeline(LayeredEditingMixin, DiffusionPipeline):
         layer_prompts: LayerPromptsArg = None,
         num_layers: int | None = None,
         negative_prompt: str | list[str] | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: Tensor | None = None,
         height: int | None = None,
@@ -505,8 +548,9 @@ class LayeredDiffusionPipeline(LayeredEditingMixin, DiffusionPipeline):
             num_layers: number of layers including the background, L = K + 1; used when no
                 layer prompts are given (foreground prompts then empty), checked otherwise.
             negative_prompt: global negative prompt(s); overrides LayerDiff's global negative.
-            num_inference_steps: scheduler steps.
-            guidance_scale: classifier-free guidance weight ``w`` (> 1 enables guidance).
+            num_inference_steps: scheduler steps (default: the pipeline's recipe).
+            guidance_scale: classifier-free guidance weight ``w`` (> 1 enables guidance;
+                default: the pipeline's recipe).
             generator: torch generator(s) for the initial noise (and stochastic schedulers).
             latents: optional initial noise ``(B, L', C, h, w)``.
             height, width: image size (multiples of the latent factor); default from the UNet.
@@ -519,6 +563,9 @@ class LayeredDiffusionPipeline(LayeredEditingMixin, DiffusionPipeline):
         """
         # 0. inputs
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        recipe = self.resolve_recipe(num_inference_steps, guidance_scale)
+        num_inference_steps = recipe["num_inference_steps"]
+        guidance_scale = recipe["guidance_scale"]
         resolved = self.resolve_layer_prompts(prompts, layer_prompts, num_layers)
         height = height or self.default_size
         width = width or self.default_size

@@ -12,6 +12,7 @@ import json
 import os
 from typing import Any
 
+import torch.distributed as dist
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from layergen.synthesis.runner import SUMMARY_FILE, SynthesisDataModule, SynthesisModule
@@ -35,7 +36,13 @@ def synthesize_main(args: list[str] | None = None) -> dict[str, Any]:
     )
     cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
     with open(os.path.join(cli.datamodule.output_dir, SUMMARY_FILE)) as handle:
-        return json.load(handle)
+        summary = json.load(handle)
+    if dist.is_available() and dist.is_initialized():
+        # every rank has read the summary; a gloo group left to interpreter exit can abort
+        # the process ("terminate called without an active exception")
+        cli.trainer.strategy.barrier("synthesis done")
+        dist.destroy_process_group()
+    return summary
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -83,8 +83,9 @@ def layerdiff_negative_prompts(
     if num_layers < len(layer_prompts):
         raise ValueError(f"num_layers: {num_layers} < the {len(layer_prompts)} layer prompts")
     joined = ", ".join(p for p in layer_prompts[1:] if p)
-    foregrounds = [BACKGROUND_PROMPT] * (len(layer_prompts) - 1)
-    return joined, [joined, *foregrounds] + [""] * (num_layers - len(layer_prompts))
+    foreground_negatives = [BACKGROUND_PROMPT] * (len(layer_prompts) - 1)
+    padding = [""] * (num_layers - len(layer_prompts))
+    return joined, [joined, *foreground_negatives, *padding]
 
 
 class LayeredDiffusionPipeline(LayeredEditingMixin, DiffusionPipeline):
@@ -176,10 +177,7 @@ class LayeredDiffusionPipeline(LayeredEditingMixin, DiffusionPipeline):
     @property
     def sampling_recipe(self) -> dict[str, Any]:
         """Default ``num_inference_steps``, ``guidance_scale`` and ``restyle_strength``."""
-        return {
-            key: LEGACY_RECIPE[key] if self.config.get(key) is None else self.config[key]
-            for key in RECIPE_KEYS
-        }
+        return {key: self.config[key] for key in RECIPE_KEYS}  # filled in by __init__
 
     def resolve_recipe(
         self,

@@ -59,3 +59,23 @@ def test_command_builds_from_scene_vocabulary(tmp_path):
     tokenizer, text_encoder = load_text_encoder(str(tmp_path / "te"))
     assert text_encoder.config.hidden_size == 8
     assert tokenizer.model_max_length == 32
+
+
+def _shape_word_similarity(root) -> float:
+    """Mean cosine between the outputs of eight shape words at the same place in a prompt."""
+    tokenizer, text_encoder = load_text_encoder(str(root))
+    shapes = ["circle", "square", "triangle", "star", "heart", "hexagon", "diamond", "cross"]
+    emb = encode_prompts(tokenizer, text_encoder, [f"a large red {s}" for s in shapes])
+    words = torch.nn.functional.normalize(emb[:, 4], dim=-1)  # BOS a large red <shape>
+    similarity = words @ words.T
+    return similarity[~torch.eye(len(shapes), dtype=torch.bool)].mean().item()
+
+
+def test_words_stay_apart_with_the_default_embedding_scale(tmp_path):
+    # CLIP's own initialisation (std 0.02) blurs the words: the stand-in for a pretrained
+    # encoder keeps them apart, as a pretrained CLIP does
+    build_tiny_text_encoder(tmp_path / "default", vocabulary())
+    build_tiny_text_encoder(tmp_path / "clip_init", vocabulary(), token_embedding_std=0.02,
+                            position_embedding_std=0.02)
+    assert _shape_word_similarity(tmp_path / "clip_init") > 0.8
+    assert _shape_word_similarity(tmp_path / "default") < 0.5

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from tokenizers.pre_tokenizers import ByteLevel
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 logger = logging.getLogger(__name__)
@@ -125,6 +125,8 @@ def build_tiny_text_encoder(
     num_layers: int = 2,
     max_length: int = 32,
     seed: int = 0,
+    token_embedding_std: float = 1.0,
+    position_embedding_std: float = 0.5,
 ) -> Path:
     """Write a tiny offline CLIP tokenizer + text model to ``out_dir``.
 
@@ -132,6 +134,12 @@ def build_tiny_text_encoder(
     (config.json + safetensors), loadable with :func:`load_text_encoder`. The model has
     ``num_layers`` layers of width ``hidden_size`` (4 heads), randomly initialised from
     ``seed``; each vocabulary word is a single token.
+
+    A random encoder stands in for a pretrained CLIP, whose outputs keep each word apart.
+    With CLIP's initialisation (embeddings of std 0.02) the random layers blur the words
+    together (two shape words in the same place: cosine 0.89 after the final norm), so the
+    token embeddings are drawn with ``token_embedding_std`` (1.0: cosine ~0.4) and the
+    position embeddings with ``position_embedding_std`` (0.5: word order stays readable).
 
     Returns:
         ``out_dir`` as a ``Path``.
@@ -161,7 +169,10 @@ def build_tiny_text_encoder(
         projection_dim=hidden_size,
     )
     torch.manual_seed(seed)
-    CLIPTextModel(config).save_pretrained(out_dir / "text_encoder")
+    model = CLIPTextModel(config)
+    nn.init.normal_(model.get_input_embeddings().weight, std=token_embedding_std)
+    nn.init.normal_(model.embeddings.position_embedding.weight, std=position_embedding_std)
+    model.save_pretrained(out_dir / "text_encoder")
     logger.info("wrote tiny text encoder (%d tokens) to %s", len(vocab), out_dir)
     return out_dir
 
@@ -174,12 +185,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--token-embedding-std", type=float, default=1.0)
+    parser.add_argument("--position-embedding-std", type=float, default=0.5)
     args = parser.parse_args(argv)
     from layergen.data.shapes import vocabulary
 
     logging.basicConfig(level=logging.INFO)
     build_tiny_text_encoder(
-        args.out, vocabulary(), args.hidden_size, args.num_layers, args.max_length, args.seed
+        args.out, vocabulary(), args.hidden_size, args.num_layers, args.max_length, args.seed,
+        args.token_embedding_std, args.position_embedding_std,
     )
 
 

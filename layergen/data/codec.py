@@ -18,7 +18,11 @@ each is within one level of the original.
 
 Bad members (a corrupt or truncated image, a missing member, a mask of the wrong mode or
 size, non-UTF-8 text, an image over PIL's decompression-bomb limit, invalid values) raise
-``ShardError`` naming the shard, the key and the member.
+``ShardError`` naming the shard, the key and the member. Sizes read from a member are checked
+against ``layergen.limits`` before any work that grows with them: ``K`` against
+``max_foregrounds`` (default ``MAX_FOREGROUNDS``) before the members are looked up, the
+JSON's size and each prompt's length, and each image's width and height, read from its
+header, against ``MAX_IMAGE_PIXELS`` and the background's size before it is decoded.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from layergen import limits
 from layergen.layers import (
     LayeredImage,
     LayeredImageError,
@@ -136,16 +141,40 @@ def encode_sample(sample: LayeredImage, key: str, mask_bits: int = 8) -> dict[st
 # ----------------------------------------------------------------------------------------
 
 
-def open_image(data: bytes, name: str, shard: str, key: str) -> Image.Image:
-    """Decode an image fully; errors name the shard, key and member."""
+def open_image(
+    data: bytes, name: str, shard: str, key: str, size: tuple[int, int] | None = None
+) -> Image.Image:
+    """Decode an image fully; errors name the shard, key and member.
+
+    Its header's width and height are checked first, against ``limits.MAX_IMAGE_PIXELS`` and
+    the expected ``size`` (width, height) when given, so that an oversized image is never
+    decoded.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            image.load()
+            image = Image.open(io.BytesIO(data))  # reads the header only
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exn:
         raise ShardError("decompression_bomb", shard, key, f"{name}: {exn}") from exn
     except Exception as exn:  # PIL raises OSError, SyntaxError, ValueError, ... on bad data
+        raise ShardError(
+            "corrupt_image", shard, key, f"{name}: cannot decode image: {exn}"
+        ) from exn
+    try:
+        limits.check_pixels(image.width, image.height, name)
+    except LayeredImageError as exn:
+        raise ShardError("decompression_bomb", shard, key, str(exn)) from None
+    if size is not None and image.size != size:
+        raise ShardError(
+            "bad_mask" if name.startswith("mask_") else "bad_image",
+            shard,
+            key,
+            f"{name}: size {image.width}x{image.height} differs from the background's "
+            f"{size[0]}x{size[1]}",
+        )
+    try:
+        image.load()
+    except Exception as exn:
         raise ShardError(
             "corrupt_image", shard, key, f"{name}: cannot decode image: {exn}"
         ) from exn
@@ -161,41 +190,47 @@ def decode_text(data: bytes, name: str, shard: str, key: str) -> str:
 
 
 def decode_json(data: bytes, name: str, shard: str, key: str) -> dict[str, Any]:
-    """Decode a UTF-8 JSON object; errors name the shard, key and member."""
+    """Decode a UTF-8 JSON object of at most ``limits.MAX_JSON_BYTES``; errors name the
+    shard, key and member."""
+    text = decode_text(data, name, shard, key)
     try:
-        value = json.loads(decode_text(data, name, shard, key))
-    except json.JSONDecodeError as exn:
-        raise ShardError("bad_text", shard, key, f"{name}: invalid JSON ({exn})") from exn
+        value = limits.parse_json(text, name)
+    except LayeredImageError as exn:
+        raise ShardError("bad_text", shard, key, str(exn)) from None
     if not isinstance(value, dict):
         raise ShardError("bad_text", shard, key, f"{name}: expected a JSON object")
     return value
 
 
-def _rgb(sample: dict[str, Any], name: str, shard: str, key: str) -> np.ndarray:
-    image = open_image(sample[name], name, shard, key)
+def check_text(text: Any, name: str, shard: str, key: str) -> str:
+    """A string of at most ``limits.MAX_TEXT_CHARS``; errors name the shard, key and field."""
+    if not isinstance(text, str):
+        raise ShardError("invalid_sample", shard, key, f"{name} must be a string")
+    if len(text) > limits.MAX_TEXT_CHARS:
+        raise ShardError(
+            "invalid_sample",
+            shard,
+            key,
+            f"{name}: {len(text)} characters exceed layergen.limits.MAX_TEXT_CHARS = "
+            f"{limits.MAX_TEXT_CHARS}",
+        )
+    return text
+
+
+def _rgb(
+    sample: dict[str, Any], name: str, shard: str, key: str, size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """An RGB member, of ``size`` (width, height) when given."""
+    image = open_image(sample[name], name, shard, key, size)
     if image.mode != "RGB":
         raise ShardError("bad_image", shard, key, f"{name}: expected mode RGB, got {image.mode}")
     return np.asarray(image)
 
 
-def _rgb_like(
-    sample: dict[str, Any], name: str, height: int, width: int, shard: str, key: str
+def _mask(
+    sample: dict[str, Any], name: str, bits: int, shard: str, key: str, size: tuple[int, int]
 ) -> np.ndarray:
-    """An RGB member of the background's size ``height x width``."""
-    array = _rgb(sample, name, shard, key)
-    if array.shape[:2] != (height, width):
-        raise ShardError(
-            "bad_image",
-            shard,
-            key,
-            f"{name}: size {array.shape[1]}x{array.shape[0]} "
-            f"differs from the background's {width}x{height}",
-        )
-    return array
-
-
-def _mask(sample: dict[str, Any], name: str, bits: int, shard: str, key: str) -> np.ndarray:
-    image = open_image(sample[name], name, shard, key)
+    image = open_image(sample[name], name, shard, key, size)
     expected = ("L",) if bits == 8 else ("I;16", "I")
     if image.mode not in expected:
         raise ShardError(
@@ -209,7 +244,10 @@ def _mask(sample: dict[str, Any], name: str, bits: int, shard: str, key: str) ->
 
 
 def decode_sample(
-    sample: dict[str, Any], shard: str = "", mask_sum_tolerance: float = 1e-3
+    sample: dict[str, Any],
+    shard: str = "",
+    mask_sum_tolerance: float = 1e-3,
+    max_foregrounds: int | None = None,
 ) -> LayeredImage:
     """Decode webdataset members (see the module docstring) into a validated ``LayeredImage``.
 
@@ -218,6 +256,8 @@ def decode_sample(
             and optionally ``"image.png"``.
         shard: shard URL for messages (default: ``sample["__url__"]``).
         mask_sum_tolerance: accepted excess of the mask sum over 1 beyond quantisation.
+        max_foregrounds: a larger ``K`` is an error (``"too_many_layers"``), raised before
+            any member is looked at (default ``layergen.limits.MAX_FOREGROUNDS``).
 
     Returns:
         A ``LayeredImage`` (RGB in [-1, 1], masks in [0, 1]) whose metadata holds the JSON's
@@ -232,8 +272,16 @@ def decode_sample(
         raise ShardError("missing_member", shard, key, "missing member json")
     record = decode_json(sample["json"], "json", shard, key)
     k, bits = record.get("K"), record.get("mask_bits", 8)
-    if not isinstance(k, int) or k < 1:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ShardError("invalid_sample", shard, key, f"json: K must be an int >= 1, got {k!r}")
+    limit = limits.MAX_FOREGROUNDS if max_foregrounds is None else max_foregrounds
+    if k > limit:
+        raise ShardError(
+            "too_many_layers",
+            shard,
+            key,
+            f"{k} foregrounds exceed max_foregrounds = {limit} (json K)",
+        )
     if bits not in (8, 16):
         raise ShardError(
             "invalid_sample", shard, key, f"json: mask_bits must be 8 or 16, got {bits!r}"
@@ -242,30 +290,32 @@ def decode_sample(
     missing = [name for name in needed if name not in sample]
     if missing:
         raise ShardError("missing_member", shard, key, f"missing member(s) {', '.join(missing)}")
-
-    background = _rgb(sample, "background.png", shard, key)
-    height, width = background.shape[:2]
-    foregrounds, masks = [], []
-    for i in range(k):
-        fg = _rgb_like(sample, f"fg_{i}.png", height, width, shard, key)
-        mask = _mask(sample, f"mask_{i}.png", bits, shard, key)
-        if mask.shape != (height, width):
-            raise ShardError(
-                "bad_mask",
-                shard,
-                key,
-                f"mask_{i}.png: size {mask.shape[1]}x"
-                f"{mask.shape[0]} differs from the background's {width}x{height}",
-            )
-        foregrounds.append(fg)
-        masks.append(mask)
-    image = None
-    if "image.png" in sample:
-        image = _rgb_like(sample, "image.png", height, width, shard, key)
-
+    prompt = check_text(record.get("prompt", ""), "json: prompt", shard, key)
+    layer_prompts = record.get("layer_prompts")
+    if not (isinstance(layer_prompts, list) and len(layer_prompts) == k + 1):
+        raise ShardError(
+            "invalid_sample", shard, key, f"json: layer_prompts must be K + 1 = {k + 1} strings"
+        )
+    for i, text in enumerate(layer_prompts):
+        check_text(text, f"json: layer_prompts[{i}]", shard, key)
     metadata = record.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise ShardError("invalid_sample", shard, key, "json: metadata must be an object")
+
+    background = _rgb(sample, "background.png", shard, key)
+    height, width = background.shape[:2]
+    try:
+        limits.check_pixels(width, height, "background.png", layers=k + 1)
+    except LayeredImageError as exn:
+        raise ShardError("too_many_layers", shard, key, str(exn)) from None
+    foregrounds, masks = [], []
+    for i in range(k):
+        foregrounds.append(_rgb(sample, f"fg_{i}.png", shard, key, (width, height)))
+        masks.append(_mask(sample, f"mask_{i}.png", bits, shard, key, (width, height)))
+    image = None
+    if "image.png" in sample:
+        image = _rgb(sample, "image.png", shard, key, (width, height))
+
     metadata = dict(metadata)
     metadata.update(
         source=record.get("source", ""),
@@ -275,18 +325,7 @@ def decode_sample(
         shard=shard,
     )
     # Decoded PNG values are finite and in range by construction; what remains to check is
-    # the prompts and that the visible masks sum to <= 1 (up to quantisation).
-    prompt, layer_prompts = record.get("prompt", ""), record.get("layer_prompts")
-    if not isinstance(prompt, str):
-        raise ShardError("invalid_sample", shard, key, "json: prompt must be a string")
-    if not (
-        isinstance(layer_prompts, list)
-        and len(layer_prompts) == k + 1
-        and all(isinstance(p, str) for p in layer_prompts)
-    ):
-        raise ShardError(
-            "invalid_sample", shard, key, f"json: layer_prompts must be K + 1 = {k + 1} strings"
-        )
+    # that the visible masks sum to <= 1 (up to quantisation).
     mask_tensor = uint8_to_unit(np.stack(masks))[:, None]  # (K, 1, H, W)
     total = float(mask_tensor.sum(0).max())
     if total > 1.0 + mask_sum_tolerance + k * 0.5 / (2**bits - 1):

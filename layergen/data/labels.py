@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from layergen import limits
 from layergen.layers import LayeredImage
 
 logger = logging.getLogger(__name__)
@@ -61,23 +62,35 @@ def append_label(
 def read_label_lines(path: str | os.PathLike) -> list[dict]:
     """Every line of a labels file, skipped ones included.
 
+    A line is read up to ``layergen.limits.MAX_JSON_BYTES`` bytes, so that a file without
+    line breaks is refused instead of read whole; a key is at most ``MAX_TEXT_CHARS``.
+
     Raises:
         ValueError: naming the file and line of a malformed entry.
     """
     entries = []
     if not os.path.exists(path):
         return entries
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
+    number = 0
+    with open(path, "rb") as handle:
+        while line := handle.readline(limits.MAX_JSON_BYTES + 1):
+            number += 1
             if not line.strip():
                 continue
             try:
-                entry = json.loads(line)
-                if not isinstance(entry.get("key"), str) or entry.get("kind") not in KINDS:
+                entry = limits.parse_json(line, "JSON")
+                if not isinstance(entry, dict):
+                    raise ValueError("expected a JSON object")
+                key = entry.get("key")
+                if not isinstance(key, str) or entry.get("kind") not in KINDS:
                     raise ValueError("needs a string 'key' and 'kind' in " + str(KINDS))
+                if len(key) > limits.MAX_TEXT_CHARS:
+                    raise ValueError(
+                        f"'key' is over layergen.limits.MAX_TEXT_CHARS = {limits.MAX_TEXT_CHARS}"
+                    )
                 if entry.get("label") not in (0, 1, None) or entry.get("split") not in SPLITS:
                     raise ValueError(f"'label' must be 0, 1 or null and 'split' one of {SPLITS}")
-            except (json.JSONDecodeError, ValueError, AttributeError) as error:
+            except ValueError as error:
                 raise ValueError(f"{os.fspath(path)}:{number}: bad label line ({error})") from None
             entries.append(entry)
     return entries

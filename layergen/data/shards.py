@@ -25,8 +25,10 @@ from typing import Any
 import webdataset as wds
 from PIL import Image
 
+from layergen import limits
 from layergen.data.codec import (
     ShardError,
+    check_text,
     decode_json,
     decode_sample,
     decode_text,
@@ -220,7 +222,8 @@ class TarSamples:
     extension after it is lower-cased). Consecutive members with one key form a sample. A shard
     that ends in the middle of a member (truncated) raises ``ShardError("truncated_tar")``
     naming the last key, or with ``on_error="skip"`` drops the incomplete sample, counts
-    it and moves on to the next shard.
+    it and moves on to the next shard. A member larger than ``layergen.limits.MAX_MEMBER_BYTES``
+    (by its tar header) is not read: its sample is an error (or a skip).
     """
 
     def __init__(self, on_error: str = "raise", skip_counter: SkipCounter | None = None) -> None:
@@ -244,19 +247,29 @@ class TarSamples:
                     if match is None or match.group(1).rsplit("/", 1)[-1].startswith("__"):
                         continue
                     key, ext = match.group(1), match.group(2).lower()
-                    data = tar.extractfile(info).read()
                     if current and current["__key__"] != key:
                         if not skipped:
                             yield current
                         current, skipped = {}, False
                     if not current:
                         current = {"__key__": key, "__url__": url}
-                    if ext in current and not skipped:
+                    if skipped:
+                        continue
+                    problem = None
+                    if info.size > limits.MAX_MEMBER_BYTES:
+                        problem = (
+                            f"member {ext}: {info.size} bytes exceed "
+                            f"layergen.limits.MAX_MEMBER_BYTES = {limits.MAX_MEMBER_BYTES}"
+                        )
+                    elif ext in current:
                         # which copy is right cannot be known: the whole sample is dropped
-                        exn = ShardError("invalid_sample", url, key, f"duplicate member {ext}")
+                        problem = f"duplicate member {ext}"
+                    if problem is None:
+                        current[ext] = tar.extractfile(info).read()
+                    else:
+                        exn = ShardError("invalid_sample", url, key, problem)
                         _handle(exn, self.on_error, self.skip_counter)
                         skipped = True
-                    current[ext] = data
         except (tarfile.TarError, OSError, EOFError) as exn:
             key = current.get("__key__", "")
             error = ShardError("truncated_tar", url, key, f"unreadable or truncated tar: {exn}")
@@ -275,7 +288,8 @@ class DecodeLayered:
         on_error: ``"raise"`` or ``"skip"``.
         skip_counter: where skips are counted.
         transform: applied to each decoded sample (e.g. ``LayeredTransform``).
-        max_foregrounds: samples with more foregrounds are errors (or skips).
+        max_foregrounds: samples with more foregrounds are errors (or skips), found before
+            they are decoded (default ``layergen.limits.MAX_FOREGROUNDS``).
         mask_sum_tolerance: see ``decode_sample``.
     """
 
@@ -294,18 +308,11 @@ class DecodeLayered:
     def __call__(self, source: Iterable[dict[str, Any]]) -> Iterator[LayeredImage]:
         for raw in source:
             try:
-                sample = decode_sample(raw, mask_sum_tolerance=self.mask_sum_tolerance)
-                if (
-                    self.max_foregrounds is not None
-                    and sample.num_foregrounds > self.max_foregrounds
-                ):
-                    raise ShardError(
-                        "too_many_layers",
-                        raw["__url__"],
-                        raw["__key__"],
-                        f"{sample.num_foregrounds} foregrounds exceed max_foregrounds = "
-                        f"{self.max_foregrounds}",
-                    )
+                sample = decode_sample(
+                    raw,
+                    mask_sum_tolerance=self.mask_sum_tolerance,
+                    max_foregrounds=self.max_foregrounds,
+                )
             except ShardError as exn:
                 _handle(exn, self.on_error, self.skip_counter)
                 continue
@@ -366,6 +373,8 @@ def read_image_shards(
 ) -> Iterator[tuple[str, Image.Image, str, dict[str, Any]]]:
     """Iterate over img2dataset-style shards: ``{key}.jpg|png|webp``, ``{key}.txt``, ``{key}.json``.
 
+    Images, captions and JSON are bounded as in ``decode_sample`` (``layergen.limits``).
+
     Yields:
         ``(key, RGB PIL image, caption, json dict)``; caption "" and json {} when absent.
     """
@@ -381,6 +390,7 @@ def read_image_shards(
                 )
             image = open_image(raw[ext], ext, url, key).convert("RGB")
             caption = decode_text(raw["txt"], "txt", url, key) if "txt" in raw else ""
+            check_text(caption, "txt", url, key)
             record = decode_json(raw["json"], "json", url, key) if "json" in raw else {}
         except ShardError as exn:
             _handle(exn, on_error, skip_counter)

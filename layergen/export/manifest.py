@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from layergen.layers import LayeredImage
+from layergen import limits
+from layergen.layers import LayeredImage, LayeredImageError
 
 MANIFEST_VERSION = 1
 
@@ -67,16 +68,46 @@ def write_manifest(path: str | Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Read a manifest; raise ``ValueError`` naming the file when it is not a JSON object."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+def check_text(text: str, what: str) -> str:
+    """A prompt or layer name of at most ``layergen.limits.MAX_TEXT_CHARS`` characters.
+
+    Raises:
+        LayeredImageError: ``what`` names the file and field.
+    """
+    if len(text) > limits.MAX_TEXT_CHARS:
+        raise LayeredImageError(
+            f"{what}: {len(text)} characters exceed layergen.limits.MAX_TEXT_CHARS = "
+            f"{limits.MAX_TEXT_CHARS}"
+        )
+    return text
+
+
+def check_manifest(data: Any, what: str) -> dict[str, Any]:
+    """A manifest: a JSON object whose prompt and layer prompts are within ``layergen.limits``.
+
+    Raises:
+        LayeredImageError: ``what`` names the file.
+    """
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a manifest must be a JSON object, got {type(data).__name__}")
+        raise LayeredImageError(
+            f"{what}: a manifest must be a JSON object, got {type(data).__name__}"
+        )
+    check_text(str(data.get("prompt", "")), f"{what}: prompt")
+    prompts = data.get("layer_prompts")
+    if isinstance(prompts, list):
+        limits.check_layers(len(prompts), f"{what}: layer_prompts")
+        for i, prompt in enumerate(prompts):
+            check_text(str(prompt), f"{what}: layer_prompts[{i}]")
     return data
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Read a manifest of at most ``layergen.limits.MAX_JSON_BYTES``.
+
+    Raises:
+        LayeredImageError: naming the file when it is over a limit or not a JSON object.
+    """
+    return check_manifest(limits.read_json_file(path), str(path))
 
 
 def apply_manifest(image: LayeredImage, manifest: dict[str, Any]) -> LayeredImage:

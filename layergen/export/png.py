@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from layergen import limits
 from layergen.export.manifest import apply_manifest, build_manifest, read_manifest, write_manifest
 from layergen.layers import LayeredImage, LayeredImageError
 
@@ -63,11 +64,13 @@ def load_layer_dir(directory: str | Path) -> LayeredImage:
     """Read a folder written by ``save_layer_pngs`` (or any folder of ``layer_XX.png``).
 
     The manifest, when present, names the layer files and restores the prompts; otherwise
-    the ``layer_*.png`` files are taken in name order, the first being the background.
+    the ``layer_*.png`` files are taken in name order, the first being the background. Only
+    plain file names inside the folder are read; the number of layers and each layer's size
+    are checked against ``layergen.limits`` before any layer is decoded.
 
     Raises:
-        LayeredImageError: naming the folder when a layer file is missing or fewer than two
-            layers are found.
+        LayeredImageError: naming the folder when a layer file is missing or outside it,
+            fewer than two layers are found, or a limit is exceeded.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -76,18 +79,29 @@ def load_layer_dir(directory: str | Path) -> LayeredImage:
         read_manifest(directory / MANIFEST_FILE) if (directory / MANIFEST_FILE).exists() else {}
     )
     names = manifest.get("layer_files") or sorted(p.name for p in directory.glob("layer_*.png"))
+    if not isinstance(names, list):
+        raise LayeredImageError(f"{directory}: {MANIFEST_FILE}: layer_files must be a list")
     if len(names) < 2:
         raise LayeredImageError(
             f"{directory}: expected at least two layer PNGs (layer_00.png = background), "
             f"found {len(names)}"
         )
+    limits.check_layers(len(names), str(directory))
     arrays = []
     for name in names:
+        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+            raise LayeredImageError(
+                f"{directory}: layer file {name!r} is not a file name in the folder"
+            )
         file = directory / name
-        if not file.exists():
+        if not file.is_file():
             raise LayeredImageError(f"{directory}: layer file '{name}' is missing")
-        with Image.open(file) as layer:
-            arrays.append(np.asarray(layer.convert("RGBA")))
+        try:
+            with Image.open(file) as layer:  # reads the header only
+                limits.check_pixels(layer.width, layer.height, f"{directory}: {name}", len(names))
+                arrays.append(np.asarray(layer.convert("RGBA")))
+        except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+            raise LayeredImageError(f"{directory}: {name}: cannot decode ({err})") from None
     image = LayeredImage.from_rgba(arrays)
     if manifest:
         apply_manifest(

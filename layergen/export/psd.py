@@ -10,6 +10,7 @@ JSON file beside the PSD (``name.psd`` -> ``name.json``).
 from __future__ import annotations
 
 import logging
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,14 @@ from PIL import Image
 from psd_tools import PSDImage
 from psd_tools.api.layers import PixelLayer
 
-from layergen.export.manifest import apply_manifest, build_manifest, read_manifest, write_manifest
+from layergen import limits
+from layergen.export.manifest import (
+    apply_manifest,
+    build_manifest,
+    check_text,
+    read_manifest,
+    write_manifest,
+)
 from layergen.layers import BACKGROUND_PROMPT, LayeredImage, LayeredImageError
 
 logger = logging.getLogger(__name__)
@@ -68,13 +76,15 @@ def load_psd(path: str | Path) -> LayeredImage:
     The bottom visible pixel layer is the background (made opaque), the layers above it are
     the foregrounds; layer names become the layer prompts, and the manifest beside the file,
     when present, restores the prompt and metadata. Layers smaller than the canvas are placed
-    at their offsets.
+    at their offsets. The canvas size, the number of layers, each layer's size and name are
+    checked against ``layergen.limits`` before any pixel is decoded.
 
     Raises:
-        LayeredImageError: naming the file when it has fewer than two pixel layers.
+        LayeredImageError: naming the file when it cannot be parsed, has fewer than two
+            pixel layers or is over a limit.
     """
     path = Path(path)
-    psd = PSDImage.open(str(path))
+    psd = _open(path)
     width, height = psd.width, psd.height
     layers = [la for la in psd.descendants() if la.kind == "pixel" and la.is_visible()]
     if len(layers) < 2:
@@ -82,8 +92,13 @@ def load_psd(path: str | Path) -> LayeredImage:
             f"{path}: expected a background and at least one foreground pixel layer, "
             f"found {len(layers)}"
         )
+    limits.check_layers(len(layers), str(path))
+    limits.check_pixels(width, height, f"{path}: canvas", layers=len(layers))
     arrays, names = [], []
     for layer in layers:
+        what = f"{path}: layer {layer.name[:80]!r}"
+        names.append(check_text(layer.name, what))
+        limits.check_pixels(layer.width, layer.height, what)
         if layer.has_mask() or layer.opacity < 255:
             # let psd-tools fold the layer mask and opacity into the alpha
             canvas = layer.composite(viewport=(0, 0, width, height)).convert("RGBA")
@@ -91,7 +106,6 @@ def load_psd(path: str | Path) -> LayeredImage:
             canvas = Image.new("RGBA", (width, height), (0, 0, 0, 0))
             canvas.paste(layer.topil().convert("RGBA"), (layer.left, layer.top))
         arrays.append(np.asarray(canvas))
-        names.append(layer.name)
     image = LayeredImage.from_rgba(arrays, layer_prompts=names)
     sidecar = manifest_path(path)
     if sidecar.exists():
@@ -99,7 +113,17 @@ def load_psd(path: str | Path) -> LayeredImage:
     return image.validate()
 
 
+def _open(path: Path) -> PSDImage:
+    """Parse a PSD file; a malformed one is a ``LayeredImageError`` naming it."""
+    try:
+        return PSDImage.open(str(path))
+    except (OSError, ValueError, EOFError, struct.error) as err:
+        raise LayeredImageError(f"{path}: not a readable PSD file ({err})") from None
+
+
 def psd_composite(path: str | Path) -> np.ndarray:
     """The composite of a PSD as psd-tools renders it: ``(H, W, 3)`` uint8."""
-    psd = PSDImage.open(str(path))
+    path = Path(path)
+    psd = _open(path)
+    limits.check_pixels(psd.width, psd.height, f"{path}: canvas")
     return np.asarray(psd.composite(force=True).convert("RGB"))

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from pathlib import Path
+from typing import Any
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from layergen import limits
 from layergen.layers import LayeredImage, LayeredImageError
 
 SUFFIX = ".safetensors"
+FIELDS = ("background", "foregrounds", "masks")
 
 
 def sample_key(index: int) -> str:
@@ -54,21 +58,60 @@ class SampleStore:
         return path
 
     def load(self, key: str) -> LayeredImage:
-        """Read the sample ``key``.
+        """Read the sample ``key``; shapes and prompts are checked against
+        ``layergen.limits`` (``MAX_FOREGROUNDS``, ``MAX_IMAGE_PIXELS``, ``MAX_TEXT_CHARS``)
+        from the file's header before any tensor is read.
 
         Raises:
-            LayeredImageError: the file is unreadable or misses a field (names the file).
+            LayeredImageError: the file is unreadable, misses a field or is over a limit
+                (names the file).
         """
         path = self.path(key)
         try:
+            _check_sample(_header(path))
             with safe_open(path, framework="pt") as f:
-                tensors = {name: f.get_tensor(name) for name in ("background", "foregrounds", "masks")}
+                tensors = {name: f.get_tensor(name) for name in FIELDS}
                 metadata = f.metadata() or {}
             return LayeredImage(
                 **tensors,
                 prompt=metadata["prompt"],
-                layer_prompts=json.loads(metadata["layer_prompts"]),
+                layer_prompts=limits.parse_json(metadata["layer_prompts"], "layer_prompts"),
                 metadata={"key": key},
             )
-        except (OSError, KeyError, ValueError, json.JSONDecodeError) as error:
+        except (OSError, KeyError, TypeError, ValueError, struct.error, SafetensorError) as error:
             raise LayeredImageError(f"{path}: not a readable generated sample ({error})") from error
+
+
+def _header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (shapes, metadata), read without its data."""
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        if length > limits.MAX_JSON_BYTES:
+            raise ValueError(f"header over layergen.limits.MAX_JSON_BYTES = {limits.MAX_JSON_BYTES}")
+        header = limits.parse_json(handle.read(length), "header")
+    if not isinstance(header, dict):
+        raise ValueError("header: expected a JSON object")
+    return header
+
+
+def _check_sample(header: dict[str, Any]) -> None:
+    """Refuse a sample by its header, before its data is read: shapes that disagree, or
+    ``K``, the size or the prompt over ``layergen.limits``."""
+    background, foregrounds, masks = (list(header[name]["shape"]) for name in FIELDS)
+    if len(background) != 3 or len(foregrounds) != 4:
+        raise ValueError(
+            f"expected background (3, H, W), foregrounds (K, 3, H, W), got {background}, "
+            f"{foregrounds}"
+        )
+    k, (height, width) = foregrounds[0], background[1:]
+    if k > limits.MAX_FOREGROUNDS:
+        raise ValueError(
+            f"foregrounds: K = {k} exceeds layergen.limits.MAX_FOREGROUNDS = "
+            f"{limits.MAX_FOREGROUNDS}"
+        )
+    limits.check_pixels(width, height, "background", layers=k + 1)
+    if foregrounds != [k, 3, height, width] or masks != [k, 1, height, width]:
+        raise ValueError(f"shapes disagree: {background}, {foregrounds}, {masks}")
+    prompt = (header.get("__metadata__") or {}).get("prompt", "")
+    if len(prompt) > limits.MAX_TEXT_CHARS:
+        raise ValueError(f"prompt: over layergen.limits.MAX_TEXT_CHARS = {limits.MAX_TEXT_CHARS}")

@@ -19,6 +19,7 @@ import torch
 import yaml
 from PIL import Image
 
+from layergen import limits
 from layergen.export import save_layered
 from layergen.layers import LayeredImage, from_unit, hwc_to_chw, uint8_to_unit
 from layergen.synthesis.backends.captioning import TransformersCaptioning
@@ -100,7 +101,8 @@ def load_image(path: str | Path, max_size: int | None = None) -> torch.Tensor:
         ValueError: naming the file when it cannot be decoded.
     """
     try:
-        with Image.open(path) as handle:
+        with Image.open(path) as handle:  # reads the header only
+            limits.check_pixels(handle.width, handle.height, "image")
             image = handle.convert("RGB")
     except (OSError, ValueError) as error:
         raise ValueError(f"{path}: cannot read the image ({error})") from error
@@ -159,8 +161,8 @@ def decompose_files(
     counts = {"written": 0, "skipped": 0}
     for i, (source, target) in enumerate(zip(inputs, outputs)):
         source = Path(source)
-        caption = captions[i] if captions is not None else _sidecar_caption(source)
         try:
+            caption = captions[i] if captions is not None else _sidecar_caption(source)
             layered = decompose_image(chain, load_image(source, max_size), caption, key=str(source))
         except ValueError as error:
             logger.warning("skipped %s", error)
@@ -173,9 +175,21 @@ def decompose_files(
 
 
 def _sidecar_caption(path: Path) -> str:
-    """The caption in ``path`` with a ``.txt`` suffix, or ``""``."""
+    """The caption in ``path`` with a ``.txt`` suffix, or ``""``.
+
+    Raises:
+        ValueError: naming the file when it is over ``layergen.limits.MAX_TEXT_CHARS``.
+    """
     text = path.with_suffix(".txt")
-    return text.read_text().strip() if text.is_file() else ""
+    if not text.is_file():
+        return ""
+    with open(text, encoding="utf-8", errors="replace") as handle:
+        caption = handle.read(limits.MAX_TEXT_CHARS + 1).strip()
+    if len(caption) > limits.MAX_TEXT_CHARS:
+        raise ValueError(
+            f"{text}: caption over layergen.limits.MAX_TEXT_CHARS = {limits.MAX_TEXT_CHARS}"
+        )
+    return caption
 
 
 def list_images(folder: str | Path) -> list[Path]:

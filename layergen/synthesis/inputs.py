@@ -4,14 +4,16 @@ An *input shard* is one tar file (members ``KEY.jpg|png|webp``, ``KEY.txt`` capt
 ``KEY.json`` metadata, as img2dataset writes them) or a slice of ``shard_size`` images of a
 folder (caption in the sidecar ``NAME.txt``). Samples are decoded one by one so that a
 corrupt image becomes a rejected record (reason ``decode_error``) carrying its key, never a
-lost shard.
+lost shard. Sizes are checked against ``layergen.limits`` before the work they imply: a file
+or tar member over ``MAX_MEMBER_BYTES`` is not read (the shard ends there, as on a truncated
+tar); an image over ``MAX_IMAGE_PIXELS`` (by its header), a caption over ``MAX_TEXT_CHARS``
+or a JSON over ``MAX_JSON_BYTES`` is a rejected record.
 """
 
 from __future__ import annotations
 
 import glob
 import io
-import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -22,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from layergen import limits
+from layergen.data.codec import ShardError
 from layergen.layers import from_unit, hwc_to_chw, uint8_to_unit
 from layergen.synthesis.base import SynthesisRecord
 
@@ -106,16 +110,18 @@ def iter_raw_samples(shard: InputShard) -> Iterator[tuple[str, dict[str, bytes]]
     webdataset URLs such as ``pipe:``).
 
     Raises:
-        ShardError: naming the shard and key, if a tar file is unreadable or truncated.
+        ShardError: naming the shard and key, if a tar file is unreadable or truncated, or a
+            file or member is over ``layergen.limits.MAX_MEMBER_BYTES``.
     """
     if shard.files:
         for path in shard.files:
             stem = os.path.splitext(path)[0]
-            files = {"image": _read(path)}
+            key = os.path.basename(stem).replace(".", "_")
+            files = {"image": _read(path, shard, key)}
             for extension in ("txt", "json"):
                 if os.path.isfile(f"{stem}.{extension}"):
-                    files[extension] = _read(f"{stem}.{extension}")
-            yield os.path.basename(stem).replace(".", "_"), files
+                    files[extension] = _read(f"{stem}.{extension}", shard, key)
+            yield key, files
         return
     from layergen.data.shards import TarSamples
 
@@ -128,9 +134,18 @@ def iter_raw_samples(shard: InputShard) -> Iterator[tuple[str, dict[str, bytes]]
         yield raw["__key__"], files
 
 
-def _read(path: str) -> bytes:
+def _read(path: str, shard: InputShard, key: str) -> bytes:
+    size = os.path.getsize(path)
+    if size > limits.MAX_MEMBER_BYTES:
+        raise ShardError(
+            "invalid_sample",
+            shard.url,
+            key,
+            f"{os.path.basename(path)}: {size} bytes exceed layergen.limits.MAX_MEMBER_BYTES = "
+            f"{limits.MAX_MEMBER_BYTES}",
+        )
     with open(path, "rb") as handle:
-        return handle.read()
+        return handle.read(limits.MAX_MEMBER_BYTES)
 
 
 def decode_record(
@@ -142,14 +157,23 @@ def decode_record(
     a square (``None`` keeps it as it is); ``record.image`` is ``(3, H, W)`` in [-1, 1].
     """
     caption = files.get("txt", b"").decode("utf-8", errors="replace").strip()
+    too_long = len(caption) > limits.MAX_TEXT_CHARS
     source = {"key": key, "shard": shard.url}
-    record = SynthesisRecord(key=key, image=None, caption=caption, source=source)
+    record = SynthesisRecord(
+        key=key, image=None, caption="" if too_long else caption, source=source
+    )
     try:
+        if too_long:
+            raise ValueError(
+                f"txt: {len(caption)} characters exceed layergen.limits.MAX_TEXT_CHARS = "
+                f"{limits.MAX_TEXT_CHARS}"
+            )
         if "json" in files:
-            source["json"] = json.loads(files["json"])
+            source["json"] = limits.parse_json(files["json"], "json")
         if "image" not in files:
             raise ValueError("no image file")
-        with Image.open(io.BytesIO(files["image"])) as image:
+        with Image.open(io.BytesIO(files["image"])) as image:  # reads the header only
+            limits.check_pixels(image.width, image.height, "image")
             image = image.convert("RGB")
             if resolution is not None:
                 image = _resize_center_crop(image, resolution)

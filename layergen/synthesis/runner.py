@@ -39,6 +39,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from layergen import limits
 from layergen.data.codec import ShardError
 from layergen.layers import chw_to_hwc, to_unit, unit_to_uint8
 from layergen.synthesis.base import SynthesisChain, SynthesisRecord, SynthesisStats
@@ -64,6 +65,18 @@ def write_json_atomic(path: str, data: Any) -> None:
     with open(tmp, "w") as handle:
         json.dump(data, handle, indent=1)
     os.replace(tmp, path)
+
+
+def read_manifest_entry(path: str) -> dict[str, Any]:
+    """One manifest entry, a JSON object of at most ``layergen.limits.MAX_JSON_BYTES``.
+
+    Raises:
+        ValueError: naming the file.
+    """
+    entry = limits.read_json_file(path)
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path}: a manifest entry must be a JSON object")
+    return entry
 
 
 def stale_temporaries(output_dir: str) -> list[str]:
@@ -94,8 +107,7 @@ def pending_shards(shards: Sequence[InputShard], output_dir: str) -> list[InputS
         if not file_name.endswith(".json"):
             continue
         name = file_name.removesuffix(".json")
-        with open(os.path.join(directory, file_name)) as handle:
-            recorded = json.load(handle).get("input")
+        recorded = read_manifest_entry(os.path.join(directory, file_name)).get("input")
         now = current[name].identity() if name in current else None
         if recorded != now:
             mismatches.append(f"{name} was made from {recorded}, its input is now {now}")
@@ -414,8 +426,7 @@ def summarize(output_dir: str) -> dict[str, Any]:
     shards, failed = 0, {}
     for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
         if name.endswith(".json"):
-            with open(os.path.join(directory, name)) as handle:
-                entry = json.load(handle)
+            entry = read_manifest_entry(os.path.join(directory, name))
             total.merge(SynthesisStats.from_dict(entry["stats"]))
             if entry.get("failure"):
                 failed[name.removesuffix(".json")] = entry["failure"]

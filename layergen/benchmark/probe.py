@@ -254,7 +254,7 @@ def load_or_train_probe(
     """Load the cached probe for this resolution, or train and cache it."""
     path = cache_path("probe", image_size, max_foregrounds, seed, cache_dir)
     if (path / "config.json").is_file() and not retrain:
-        return ShapeProbe.from_pretrained(path).eval()
+        return ShapeProbe.from_pretrained(path, use_safetensors=True).eval()
     logger.info("training the attribute probe (cached at %s)", path)
     probe = train_probe(image_size=image_size, max_foregrounds=max_foregrounds, seed=seed, **train_kwargs)
     probe.save_pretrained(path)

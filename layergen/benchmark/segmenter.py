@@ -113,7 +113,7 @@ def load_or_train_segmenter(
     """Load the cached segmenter for this resolution, or train and cache it."""
     path = cache_path("segmenter", image_size, max_foregrounds, seed, cache_dir)
     if (path / "config.json").is_file() and not retrain:
-        return ForegroundSegmenter.from_pretrained(path).eval()
+        return ForegroundSegmenter.from_pretrained(path, use_safetensors=True).eval()
     logger.info("training the foreground segmenter (cached at %s)", path)
     model = train_segmenter(image_size=image_size, max_foregrounds=max_foregrounds, seed=seed,
                             **train_kwargs)

@@ -6,6 +6,13 @@ and answers requests through :meth:`LabellingSession.handle`, a plain function o
 it in a ``http.server`` bound to 127.0.0.1. Answers are appended to the labels file at
 once (:func:`layergen.data.labels.append_label`), so a session can be stopped at any time
 and resumed: keys already in the file for this kind are not shown again.
+
+The server serves four fixed routes and no files, so no path reaches outside its data. It
+refuses request bodies over ``MAX_BODY_BYTES`` unread, requests from another web site
+(an ``Origin`` other than the server's own) and, while bound to a loopback address,
+requests for another host name (DNS rebinding). The page puts no data into its HTML:
+prompts and keys reach it as JSON and are shown with ``textContent``, and every reply
+carries ``nosniff`` and a content security policy.
 """
 
 from __future__ import annotations
@@ -18,17 +25,27 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from ipaddress import ip_address
 from urllib.parse import urlparse
 
 import numpy as np
 from PIL import Image
 
+from layergen import limits
 from layergen.data.labels import KINDS, append_label, assign_split, read_label_lines
-from layergen.layers import LayeredImage, chw_to_hwc, to_unit, unit_to_uint8
+from layergen.layers import LayeredImage, LayeredImageError, chw_to_hwc, to_unit, unit_to_uint8
 
 logger = logging.getLogger(__name__)
 
 ANSWERS = {"g": 1, "b": 0, "s": None}
+MAX_BODY_BYTES = 64 * 1024  # a label answer is a few dozen bytes
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+        "style-src 'unsafe-inline'; frame-ancestors 'none'"
+    ),
+}
 
 GUIDES = {
     "mask": (
@@ -205,9 +222,9 @@ class LabellingSession:
             return HTTPStatus.OK, "image/png", render_sample(self.current, self.kind, self.max_side)
         if method == "POST" and route == "/label":
             try:
-                request = json.loads(body or b"{}")
+                request = limits.parse_json(body or b"{}", "request")
                 state = self.answer(str(request.get("key")), str(request.get("answer")))
-            except (ValueError, AttributeError) as error:
+            except (LayeredImageError, ValueError, AttributeError) as error:
                 return (
                     HTTPStatus.CONFLICT,
                     "application/json",
@@ -217,24 +234,61 @@ class LabellingSession:
         return HTTPStatus.NOT_FOUND, "text/plain", b"not found"
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def make_server(session: LabellingSession, host: str = "127.0.0.1", port: int = 8765) -> HTTPServer:
-    """An ``HTTPServer`` (one request at a time) serving ``session``; port 0 picks a free one."""
+    """An ``HTTPServer`` (one request at a time) serving ``session``; port 0 picks a free one.
+
+    Bound to a loopback address (the default), it answers only requests for a loopback host
+    name; bound to another address (labelling over a network), any host name.
+    """
+    local_only = _is_loopback(host)
 
     class Handler(BaseHTTPRequestHandler):
-        def _reply(self, method: str, body: bytes = b"") -> None:
-            status, content_type, payload = session.handle(method, self.path, body)
+        timeout = 30  # seconds a client may take to send its request
+
+        def _send(self, status: int, content_type: str, payload: bytes) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(payload)))
             self.send_header("Cache-Control", "no-store")
+            for name, value in SECURITY_HEADERS.items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(payload)
+
+        def _refuse(self, status: int, reason: str) -> None:
+            self.close_connection = True  # an unread body must not be taken for a request
+            self._send(status, "text/plain; charset=utf-8", reason.encode())
+
+        def _reply(self, method: str, body: bytes = b"") -> None:
+            host = self.headers.get("Host", "")
+            origin = self.headers.get("Origin")
+            if local_only and not _is_loopback(urlparse(f"//{host}").hostname or ""):
+                self._refuse(HTTPStatus.FORBIDDEN, f"host name {host!r} is not this server's")
+            elif origin is not None and urlparse(origin).netloc != host:
+                self._refuse(HTTPStatus.FORBIDDEN, "requests from other web sites are refused")
+            else:
+                self._send(*session.handle(method, self.path, body))
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             self._reply("GET")
 
         def do_POST(self) -> None:  # noqa: N802
-            self._reply("POST", self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            length = self.headers.get("Content-Length", "")
+            if not length.isdigit():
+                self._refuse(HTTPStatus.LENGTH_REQUIRED, "a POST needs a Content-Length")
+            elif int(length) > MAX_BODY_BYTES:
+                self._refuse(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body over {MAX_BODY_BYTES} bytes"
+                )
+            else:
+                self._reply("POST", self.rfile.read(int(length)))
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             logger.debug(format, *args)

@@ -48,6 +48,8 @@ class CLIPScorer:
             processor (``save_pretrained`` layout).
         device: where to run the model.
         local_files_only: never reach the network (``HF_HUB_OFFLINE=1`` does the same).
+        use_safetensors: load only ``safetensors`` weights; ``False`` also accepts pickled
+            ``.bin`` weights (only for a model you trust).
     """
 
     def __init__(
@@ -55,12 +57,14 @@ class CLIPScorer:
         model_name_or_path: str | os.PathLike = DEFAULT_CLIP_MODEL,
         device: torch.device | str = "cpu",
         local_files_only: bool = False,
+        use_safetensors: bool = True,
     ) -> None:
         from transformers import CLIPModel, CLIPProcessor
 
         try:
             self.model = CLIPModel.from_pretrained(
-                model_name_or_path, local_files_only=local_files_only).to(device).eval()
+                model_name_or_path, local_files_only=local_files_only,
+                use_safetensors=use_safetensors).to(device).eval()
             self.processor = CLIPProcessor.from_pretrained(
                 model_name_or_path, local_files_only=local_files_only)
         except (OSError, ValueError) as error:  # not found / offline / invalid id

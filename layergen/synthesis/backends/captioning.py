@@ -64,6 +64,8 @@ class TransformersCaptioning(CaptioningBackend):
         num_beams: beam-search width.
         keep_source: keep a non-empty source caption and caption only images without one.
         torch_dtype: e.g. ``"float16"``; ``None`` keeps the checkpoint's dtype.
+        use_safetensors: load only ``safetensors`` weights; ``False`` also accepts pickled
+            ``.bin`` weights (only for a model you trust).
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class TransformersCaptioning(CaptioningBackend):
         num_beams: int = 1,
         keep_source: bool = False,
         torch_dtype: str | None = None,
+        use_safetensors: bool = True,
     ) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -81,7 +84,9 @@ class TransformersCaptioning(CaptioningBackend):
         if torch_dtype is not None:
             kwargs["dtype"] = getattr(torch, torch_dtype)
         self.processor = AutoProcessor.from_pretrained(model_name_or_path)
-        self.model = AutoModelForImageTextToText.from_pretrained(model_name_or_path, **kwargs).eval()
+        self.model = AutoModelForImageTextToText.from_pretrained(
+            model_name_or_path, use_safetensors=use_safetensors, **kwargs
+        ).eval()
         self.model_name_or_path = model_name_or_path
         self.prompt = prompt
         self.max_new_tokens = max_new_tokens

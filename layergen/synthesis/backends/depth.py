@@ -64,10 +64,16 @@ class TransformersDepth(DepthBackend):
         inverse_depth: the model predicts inverse depth (MiDaS, DPT, Depth Anything); the
             output is flipped so that larger = farther.
         torch_dtype: e.g. ``"float16"``; ``None`` keeps the checkpoint's dtype.
+        use_safetensors: load only ``safetensors`` weights; ``False`` also accepts pickled
+            ``.bin`` weights (only for a model you trust).
     """
 
     def __init__(
-        self, model_name_or_path: str = DEFAULT_DEPTH_MODEL, inverse_depth: bool = True, torch_dtype: str | None = None
+        self,
+        model_name_or_path: str = DEFAULT_DEPTH_MODEL,
+        inverse_depth: bool = True,
+        torch_dtype: str | None = None,
+        use_safetensors: bool = True,
     ) -> None:
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
@@ -75,7 +81,9 @@ class TransformersDepth(DepthBackend):
         if torch_dtype is not None:
             kwargs["dtype"] = getattr(torch, torch_dtype)
         self.processor = AutoImageProcessor.from_pretrained(model_name_or_path)
-        self.model = AutoModelForDepthEstimation.from_pretrained(model_name_or_path, **kwargs).eval()
+        self.model = AutoModelForDepthEstimation.from_pretrained(
+            model_name_or_path, use_safetensors=use_safetensors, **kwargs
+        ).eval()
         self.model_name_or_path = model_name_or_path
         self.inverse_depth = inverse_depth
 

@@ -100,6 +100,8 @@ class TransformersDetection(DetectionBackend):
         box_threshold: minimum box confidence.
         text_threshold: minimum phrase-token confidence (Grounding DINO only).
         torch_dtype: e.g. ``"float16"``; ``None`` keeps the checkpoint's dtype.
+        use_safetensors: load only ``safetensors`` weights; ``False`` also accepts pickled
+            ``.bin`` weights (only for a model you trust).
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class TransformersDetection(DetectionBackend):
         box_threshold: float = 0.2,
         text_threshold: float = 0.25,
         torch_dtype: str | None = None,
+        use_safetensors: bool = True,
     ) -> None:
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
@@ -115,7 +118,9 @@ class TransformersDetection(DetectionBackend):
         if torch_dtype is not None:
             kwargs["dtype"] = getattr(torch, torch_dtype)
         self.processor = AutoProcessor.from_pretrained(model_name_or_path)
-        self.model = AutoModelForZeroShotObjectDetection.from_pretrained(model_name_or_path, **kwargs).eval()
+        self.model = AutoModelForZeroShotObjectDetection.from_pretrained(
+            model_name_or_path, use_safetensors=use_safetensors, **kwargs
+        ).eval()
         self.grounding = "grounding" in self.model.config.model_type
         self.model_name_or_path = model_name_or_path
         self.box_threshold = box_threshold

@@ -112,6 +112,8 @@ class DiffusersInpainting(InpaintingBackend):
         resolution: square size the pipeline runs at (a multiple of the VAE's factor).
         torch_dtype: e.g. ``"float16"``; ``None`` keeps float32.
         seed: seed of the per-batch generator (reproducible outputs).
+        use_safetensors: load only ``safetensors`` weights; ``False`` also accepts pickled
+            ``.bin`` weights (only for a model you trust).
     """
 
     def __init__(
@@ -122,13 +124,16 @@ class DiffusersInpainting(InpaintingBackend):
         resolution: int = 512,
         torch_dtype: str | None = None,
         seed: int = 0,
+        use_safetensors: bool = True,
     ) -> None:
         from diffusers import StableDiffusionInpaintPipeline
 
         kwargs: dict[str, Any] = {}
         if torch_dtype is not None:
             kwargs["torch_dtype"] = getattr(torch, torch_dtype)
-        self.pipeline = StableDiffusionInpaintPipeline.from_pretrained(model_name_or_path, **kwargs)
+        self.pipeline = StableDiffusionInpaintPipeline.from_pretrained(
+            model_name_or_path, use_safetensors=use_safetensors, **kwargs
+        )
         self.pipeline.set_progress_bar_config(disable=True)
         if getattr(self.pipeline, "safety_checker", None) is not None:
             self.pipeline.safety_checker = None
@@ -238,7 +243,7 @@ def build_tiny_inpainting(out_dir: str | Path, seed: int = 0) -> Path:
     )
     pipeline = StableDiffusionInpaintPipeline(
         vae=vae,
-        text_encoder=CLIPTextModel.from_pretrained(out_dir / "text_encoder"),
+        text_encoder=CLIPTextModel.from_pretrained(out_dir / "text_encoder", use_safetensors=True),
         tokenizer=CLIPTokenizer.from_pretrained(out_dir / "tokenizer"),
         unet=unet,
         scheduler=DDIMScheduler(

@@ -56,7 +56,7 @@ class ClassifierScorer(QualityScorer):
     ) -> None:
         from layergen.models.quality_classifier import QualityClassifier
 
-        self.model = QualityClassifier.from_pretrained(model_name_or_path).eval()
+        self.model = QualityClassifier.from_pretrained(model_name_or_path, use_safetensors=True).eval()
         self.model_name_or_path = model_name_or_path
         self.kind = self.model.config.kind
         self.threshold = float(self.model.config.threshold if threshold is None else threshold)

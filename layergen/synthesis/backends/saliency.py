@@ -202,6 +202,8 @@ class TransformersSaliency(SaliencyBackend):
         background_index: class index of "background" for multi-class models.
         trust_remote_code: allow the model's own code (off by default).
         torch_dtype: e.g. ``"float16"``; ``None`` keeps the checkpoint's dtype.
+        use_safetensors: load only ``safetensors`` weights; ``False`` also accepts pickled
+            ``.bin`` weights (only for a model you trust).
     """
 
     def __init__(
@@ -213,6 +215,7 @@ class TransformersSaliency(SaliencyBackend):
         background_index: int = 0,
         trust_remote_code: bool = False,
         torch_dtype: str | None = None,
+        use_safetensors: bool = True,
     ) -> None:
         from transformers import AutoModelForImageSegmentation, AutoModelForSemanticSegmentation
 
@@ -222,7 +225,9 @@ class TransformersSaliency(SaliencyBackend):
         kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
         if torch_dtype is not None:
             kwargs["dtype"] = getattr(torch, torch_dtype)
-        self.model = auto.from_pretrained(model_name_or_path, **kwargs).eval()
+        self.model = auto.from_pretrained(
+            model_name_or_path, use_safetensors=use_safetensors, **kwargs
+        ).eval()
         self.model_name_or_path = model_name_or_path
         self.image_size = image_size
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)

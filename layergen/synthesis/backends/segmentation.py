@@ -63,10 +63,16 @@ class SamSegmentation(SegmentationBackend):
         model_name_or_path: hub id or local directory.
         mask_threshold: logit threshold of the binary mask.
         torch_dtype: e.g. ``"float16"``; ``None`` keeps the checkpoint's dtype.
+        use_safetensors: load only ``safetensors`` weights; ``False`` also accepts pickled
+            ``.bin`` weights (only for a model you trust).
     """
 
     def __init__(
-        self, model_name_or_path: str = DEFAULT_SAM_MODEL, mask_threshold: float = 0.0, torch_dtype: str | None = None
+        self,
+        model_name_or_path: str = DEFAULT_SAM_MODEL,
+        mask_threshold: float = 0.0,
+        torch_dtype: str | None = None,
+        use_safetensors: bool = True,
     ) -> None:
         from transformers import SamModel, SamProcessor
 
@@ -74,7 +80,9 @@ class SamSegmentation(SegmentationBackend):
         if torch_dtype is not None:
             kwargs["dtype"] = getattr(torch, torch_dtype)
         self.processor = SamProcessor.from_pretrained(model_name_or_path)
-        self.model = SamModel.from_pretrained(model_name_or_path, **kwargs).eval()
+        self.model = SamModel.from_pretrained(
+            model_name_or_path, use_safetensors=use_safetensors, **kwargs
+        ).eval()
         self.model_name_or_path = model_name_or_path
         self.mask_threshold = mask_threshold
 

@@ -5,7 +5,8 @@ from pathlib import Path
 import torch
 from diffusers import DDIMScheduler
 
-from layergen.data.shapes import vocabulary
+from layergen.data.shapes import ShapeScenes, vocabulary
+from layergen.layers import LayeredImage
 from layergen.models import LayeredAutoencoder, PerLayerAutoencoder, StackedSDAutoencoder
 from layergen.models.layered_unet import LayeredUNet
 from layergen.models.text_encoder import build_tiny_text_encoder, load_text_encoder
@@ -84,3 +85,16 @@ def tiny_pipeline(tmp_path: Path, layout: str = "layers") -> LayeredDiffusionPip
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def small_scene(k: int = 2) -> LayeredImage:
+    """A test scene with ``k`` foregrounds at the tiny pipeline's side (scenes are >= 32)."""
+    image = ShapeScenes(size=2 * SIZE, min_foregrounds=k, max_foregrounds=k, split="test")[0]
+    pool = torch.nn.functional.avg_pool2d
+    return LayeredImage(
+        background=pool(image.background[None], 2)[0],
+        foregrounds=pool(image.foregrounds, 2),
+        masks=pool(image.masks, 2),
+        prompt=image.prompt,
+        layer_prompts=image.layer_prompts,
+    ).validate()

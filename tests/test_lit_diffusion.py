@@ -168,7 +168,8 @@ def test_fit_resume_and_export(assets, tmp_path):
     exported = LayeredUNet.from_pretrained(tmp_path / "pipeline" / "unet")
     torch.testing.assert_close(exported.state_dict()[name], module.ema_unet.module.state_dict()[name])
     index = json.loads((tmp_path / "pipeline" / "model_index.json").read_text())
-    assert index["_class_name"] == "LayeredDiffusionPipeline"
+    assert index["_class_name"] == ["layergen_pipeline", "LayeredDiffusionPipeline"]
+    assert (tmp_path / "pipeline" / "README.md").exists()  # the model card
     assert {"unet", "autoencoder", "text_encoder", "tokenizer", "scheduler"} <= set(index)
     assert index["scheduler"][1] == "DDIMScheduler"
     load_autoencoder(tmp_path / "pipeline", subfolder="autoencoder")

@@ -77,16 +77,17 @@ def test_shapes_ranges_and_batches_with_different_layer_counts(pipe):
         layer_prompts=[LAYERS, LAYERS[:2]],
         output_type="pil",
     )
-    assert [im.num_layers for im in out.images] == [3, 2]
-    for im in out.images:
+    assert [im.num_layers for im in out.layers] == [3, 2]
+    for im in out.layers:
         assert im.size == (SIZE, SIZE)
         assert im.background.abs().max() <= 1 and im.foregrounds.abs().max() <= 1
         assert im.masks.min() >= 0 and im.masks.sum(0).max() <= 1 + 1e-5
         assert im.metadata["steps"] == 2 and im.metadata["guidance"] == 3.0
-    assert out.images[0].layer_prompts == LAYERS
-    assert [c.size for c in out.composites] == [(SIZE, SIZE)] * 2
+    assert out.layers[0].layer_prompts == LAYERS
+    assert [c.size for c in out.images] == [(SIZE, SIZE)] * 2  # PIL composites
     latent = run(pipe, prompt=PROMPT, layer_prompts=LAYERS, output_type="latent")
-    assert latent.images == [] and latent.latents.shape == (1, 3, 4, SIZE // 2, SIZE // 2)
+    assert latent.layers is None and latent.images is latent.latents
+    assert latent.latents.shape == (1, 3, 4, SIZE // 2, SIZE // 2)
 
 
 def test_num_layers_without_layer_prompts(pipe):

@@ -26,6 +26,13 @@ FAMILY_RECIPES: dict[str, dict[str, Any]] = {
     "text2layer": {"num_inference_steps": 50, "guidance_scale": 7.5, "restyle_strength": 0.5},
 }
 
+# where each family's recipe comes from, for model cards
+FAMILY_SOURCES: dict[str, str] = {
+    "layerdiff": "LayerDiff (Huang et al. 2024) 4.2: DDIM, 100 steps, guidance 3; A.4: restyling "
+    "runs the last 25 of the 100 steps",
+    "text2layer": "Text2Layer (Zhang et al. 2023) V-C: DDIM, 50 steps, guidance 7.5",
+}
+
 
 def model_family(layer_blocks: bool) -> str:
     """``"layerdiff"`` for a UNet with layer blocks, else ``"text2layer"``."""

@@ -8,12 +8,29 @@ PSD / ORA files or folders of layer PNGs named by the layer prompts. Classical b
 
 import argparse
 import logging
+import sys
 
+from layergen.console import configure_console
+from layergen.devices import DTYPES, add_device_arguments, resolve_device
 from layergen.synthesis.decompose import build_decompose_chain, decompose_files, plan_outputs
+
+EPILOG = """examples:
+  python decompose.py photo.jpg --out photo.psd --caption "a cat on a sofa"
+  python decompose.py photos/ --out layers/ --format ora     # captions from photos/NAME.txt
+  python decompose.py photo.jpg --detection-model google/owlv2-base-patch16-ensemble \\
+      --sam-model facebook/sam-vit-base --device cuda --dtype float16
+
+Each file written is named on stdout, one line each; messages go to stderr.
+exit status: 0 every image written, 1 failed or some images skipped (the reasons on stderr),
+2 bad command line.
+"""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("input", help="an image file or a folder of images")
     parser.add_argument("--out", default=None, help="output .psd/.ora file or folder (folder mode: a folder)")
     parser.add_argument("--format", default="psd", choices=["psd", "ora", "png"], help="folder mode output format")
@@ -27,12 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--depth-model", default=None, help="MiDaS / DPT depth model (hub id or path)")
     parser.add_argument("--inpainting-model", default=None, help="diffusers inpainting pipeline (hub id or path)")
     parser.add_argument("--max-inpaint-saliency", type=float, default=1.0, help="saliency check; 1 keeps all")
+    add_device_arguments(parser)
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict[str, int]:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+def run(args: argparse.Namespace) -> dict[str, int]:
+    """Decompose every input, naming each file written on stdout; returns the counts."""
     inputs, outputs = plan_outputs(args.input, args.out, args.format)
     chain = build_decompose_chain(
         config=args.config,
@@ -44,10 +61,38 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
         inpainting_model=args.inpainting_model,
         max_inpaint_saliency=args.max_inpaint_saliency,
     )
-    captions = [args.caption] * len(inputs) if args.caption is not None else None
-    return decompose_files(chain, inputs, outputs, captions=captions, max_size=args.max_size)
+    chain.to(resolve_device(args.device))
+    if args.dtype is not None:  # the backends' models are nn.Modules or diffusers pipelines,
+        chain.to(DTYPES[args.dtype])  # whose .to takes a dtype too
+    counts = {"written": 0, "skipped": 0}
+    for source, target in zip(inputs, outputs):
+        captions = None if args.caption is None else [args.caption]
+        one = decompose_files(chain, [source], [target], captions=captions, max_size=args.max_size)
+        if one["written"]:
+            print(f"wrote {target}", flush=True)
+        counts = {key: counts[key] + one[key] for key in counts}
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (argparse exits with 2 itself)."""
+    args = parse_args(argv)
+    configure_console()
+    # decompose_files logs each file written; stdout names them already
+    logging.getLogger("layergen.synthesis.decompose").setLevel(logging.WARNING)
+    try:
+        counts = run(args)
+    except (OSError, ValueError) as error:  # a missing input, a bad value: no traceback
+        print("error: " + " ".join(str(error).split()), file=sys.stderr)
+        return 1
+    if counts["skipped"]:
+        print(f"error: skipped {counts['skipped']} of {sum(counts.values())} images",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    counts = main()
-    print(f"written {counts['written']}, skipped {counts['skipped']}")
+    status = main()
+    if status:  # 0 ends normally (and lets runpy callers go on)
+        sys.exit(status)

@@ -12,9 +12,9 @@ contact sheet, logs to TensorBoard, and prints where everything went.
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
+from layergen.console import configure_console
 from layergen.pipelines.readme_demo import run_demo
 
 CONFIGS = Path(__file__).resolve().parent / "configs" / "demo"
@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_console(quiet=True)
     result = run_demo(
         args.out,
         args.ae_config,

@@ -11,9 +11,9 @@ Re-running with the same --out resumes: samples already written are not generate
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from layergen.console import configure_console
 from layergen.metrics.clip_score import DEFAULT_CLIP_MODEL
 
 
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_console()
     if not (args.model or args.ckpt):
         build_parser().error("one of --model or --ckpt is required")
     if args.synthetic_benchmark:

@@ -43,8 +43,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_decompose_photo_to_psd_with_named_layers(photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "astronaut.psd"
     caption = "a woman in a spacesuit in front of an american flag and a space shuttle, white background"
-    counts = load_script().main([str(photos / "astronaut.png"), "--out", str(out), "--caption", caption])
-    assert counts == {"written": 1, "skipped": 0}
+    assert load_script().main([str(photos / "astronaut.png"), "--out", str(out), "--caption", caption]) == 0
 
     psd = PSDImage.open(out)
     names = [layer.name for layer in psd]
@@ -57,15 +56,15 @@ def test_decompose_photo_to_psd_with_named_layers(photos: Path, tmp_path: Path) 
     assert np.abs(composite - photo).mean() < 1.0  # the layers re-composite to the photograph
 
 
-def test_decompose_folder_to_ora_skips_bad_files(photos: Path, tmp_path: Path) -> None:
+def test_decompose_folder_to_ora_skips_bad_files(photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     for name in ("coffee.png", "coffee.txt"):
         (folder / name).write_bytes((photos / name).read_bytes())
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "layers"
-    counts = load_script().main([str(folder), "--out", str(out), "--format", "ora", "--max-foregrounds", "2"])
-    assert counts == {"written": 1, "skipped": 1}
+    status = load_script().main([str(folder), "--out", str(out), "--format", "ora", "--max-foregrounds", "2"])
+    assert status == 1 and "skipped 1 of 2 images" in capsys.readouterr().err
     layered = load_ora(out / "coffee.ora")
     assert 1 <= layered.num_foregrounds <= 2
     assert layered.layer_prompts[0] == BACKGROUND_PROMPT

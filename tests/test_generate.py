@@ -2,6 +2,7 @@
 
 import json
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def test_generate_num_layers(model_dir, tmp_path, monkeypatch, capsys):
     generate(monkeypatch, PROMPT, "--num-layers", 4, *common, "--out", tmp_path / "a")
     image = load_layered(tmp_path / "a")
     assert image.num_layers == 4 and image.num_foregrounds == 3
-    with pytest.raises(ValueError, match="num_layers=3 needs 3 layer prompts"):
+    with pytest.raises(SystemExit) as failed:
         generate(
             monkeypatch,
             PROMPT,
@@ -70,6 +71,8 @@ def test_generate_num_layers(model_dir, tmp_path, monkeypatch, capsys):
             "--out",
             tmp_path / "b",
         )
+    assert failed.value.code == 1
+    assert "num_layers=3 needs 3 layer prompts" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         generate(monkeypatch, "--help")
     assert "number of layers including the background, L = K + 1" in " ".join(
@@ -117,14 +120,14 @@ def test_generate_edit_and_restyle(model_dir, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "c" / "manifest.json").read_text())["edit"]["restyle"] == 0
 
 
-def test_generate_argument_errors(model_dir, tmp_path, monkeypatch):
+def test_generate_argument_errors(model_dir, tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         generate(monkeypatch, "--model", model_dir, "--out", tmp_path / "x.psd")  # no prompt
     with pytest.raises(SystemExit):
         generate(
             monkeypatch, PROMPT, "--model", model_dir, "--keep", 0, "--out", tmp_path / "x.psd"
         )
-    with pytest.raises(ValueError, match="exactly one of --keep or --restyle"):
+    with pytest.raises(SystemExit) as failed:
         generate(
             monkeypatch,
             "--model",
@@ -134,6 +137,8 @@ def test_generate_argument_errors(model_dir, tmp_path, monkeypatch):
             "--out",
             tmp_path / "y",
         )
+    assert failed.value.code == 1
+    assert "exactly one of --keep or --restyle" in capsys.readouterr().err
 
 
 def test_colour_check_on_ground_truth_scenes():
@@ -167,17 +172,32 @@ def test_demo_prompt_helpers():
 
 
 @pytest.mark.slow
-def test_demo_fast(tmp_path, monkeypatch):
-    """`python demo.py --fast` runs every step and writes what it promises (minutes)."""
-    monkeypatch.setattr(sys, "argv", ["demo.py", "--fast", "--out", str(tmp_path)])
-    runpy.run_path(str(ROOT / "demo.py"), run_name="__main__")
-    assert (tmp_path / "ldm" / "pretrained" / "model_index.json").exists()
-    assert (tmp_path / "contact_sheet.png").exists()
+def test_demo_fast(tmp_path):
+    """`python demo.py --fast > log.txt 2>&1` runs every step and writes what it promises, in
+    a short log: a line per stage and progress lines, no line twice, no noise (minutes)."""
+    out = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "demo.py"), "--fast", "--out", str(out)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=3600,
+    )
+    (tmp_path / "log.txt").write_text(done.stdout)
+    assert done.returncode == 0, done.stdout
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert len(lines) < 60 and len(lines) == len(set(lines)), done.stdout
+    for noise in ("Tip", "litlogger", "eval mode", "Total FLOPs", "accelerate", "it/s", "Epoch ",
+                  "Seed set", "LightningCLI's args"):
+        assert noise not in done.stdout, noise
+    for progress in ("[demo] stage 3/3", "[autoencoder] step 20/20 (100 %)",
+                     "[diffusion] step 10/20 (50 %)", "[sampling] prompt 3/3 (100 %)",
+                     "layer-prompt colour accuracy"):
+        assert progress in done.stdout, progress
+    assert (out / "ldm" / "pretrained" / "model_index.json").exists()
+    assert (out / "contact_sheet.png").exists()
     for name in ("sample_00.psd", "sample_00.ora", "sample_00/manifest.json"):
-        assert (tmp_path / "samples" / name).exists()
+        assert (out / "samples" / name).exists()
     for name in ("replaced_foreground.psd", "new_background.ora", "source/composite.png"):
-        assert (tmp_path / "edits" / name).exists()
-    source = load_layered(tmp_path / "edits" / "source.ora")
-    new_background = load_layered(tmp_path / "edits" / "new_background.ora")
+        assert (out / "edits" / name).exists()
+    source = load_layered(out / "edits" / "source.ora")
+    new_background = load_layered(out / "edits" / "new_background.ora")
     assert torch.equal(source.foregrounds, new_background.foregrounds)
-    assert list((tmp_path / "tensorboard").rglob("events.out.tfevents*"))
+    assert list((out / "tensorboard").rglob("events.out.tfevents*"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torchvision.utils import make_grid
 
+from layergen.console import progress_line
 from layergen.layers import LayeredBatch, composite_layers, to_unit
 
 logger = logging.getLogger(__name__)
@@ -61,40 +63,48 @@ class SavePretrained(pl.Callback):
 
 
 class StepBudget(pl.Callback):
-    """Progress of a step-budgeted run: one line every ``every_n_steps`` with an ETA.
+    """Progress of a step-budgeted run: plain lines with an ETA, at least every few percent.
 
     Training runs ``trainer.max_steps`` optimiser steps (the same model on any machine);
     ``max_time`` is only a safety cap. If the cap stops the run early, a warning says so and
     what it means for the model. Lines go through ``print`` (flushed), so they show when the
-    output is a file or a pipe too.
+    output is a file or a pipe too. A run without ``max_steps`` counts its estimated steps.
 
     Args:
         name: the stage's name in the lines (e.g. "autoencoder").
-        every_n_steps: steps between lines.
+        every_n_steps: steps between lines at most.
+        every_percent: percent of the run between lines at most.
     """
 
-    def __init__(self, name: str = "training", every_n_steps: int = 100) -> None:
-        self.name, self.every_n_steps = name, every_n_steps
+    def __init__(self, name: str = "training", every_n_steps: int = 100,
+                 every_percent: float = 10.0) -> None:
+        self.name, self.every_n_steps, self.every_percent = name, every_n_steps, every_percent
         self._start: float | None = None
-        self._first_step = 0
+        self._first_step = self._total = self._interval = self._next_line = 0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start, self._first_step = time.perf_counter(), trainer.global_step
+        self._total = trainer.max_steps
+        if self._total <= 0:  # an epoch-budgeted run
+            estimated = trainer.estimated_stepping_batches
+            self._total = int(estimated) if math.isfinite(estimated) else 0
+        self._interval = max(1, min(self.every_n_steps,
+                                    math.ceil(self._total * self.every_percent / 100)))
+        self._next_line = (self._first_step // self._interval + 1) * self._interval
 
     def _line(self, trainer: pl.Trainer) -> str:
-        step, total = trainer.global_step, trainer.max_steps
         elapsed = time.perf_counter() - (self._start or time.perf_counter())
-        done = max(step - self._first_step, 1)
-        eta = elapsed / done * max(total - step, 0)
+        line = progress_line(self.name, trainer.global_step, self._total, elapsed,
+                             first=self._first_step)
         loss = trainer.callback_metrics.get("train/loss")
-        loss_text = f", train/loss {float(loss):.4f}" if loss is not None else ""
-        return (f"[{self.name}] step {step}/{total} ({100 * step / max(total, 1):.0f} %), "
-                f"{elapsed / 60:.1f} min elapsed, ETA {eta / 60:.1f} min{loss_text}")
+        return line + (f", train/loss {float(loss):.4f}" if loss is not None else "")
 
     @rank_zero_only
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        if trainer.max_steps > 0 and trainer.global_step % self.every_n_steps == 0:
+        step = trainer.global_step
+        if self._total > 0 and step >= self._next_line:
             print(self._line(trainer), flush=True)
+            self._next_line = (step // self._interval + 1) * self._interval
 
     @rank_zero_only
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import yaml
 
+from layergen.console import progress_line
 from layergen.data.latents import cache_latents
 from layergen.data.shapes import COLORS, SHAPES, ShapeScenes, describe_background, vocabulary
 from layergen.export import save_contact_sheet, save_layered
@@ -61,12 +62,16 @@ class DemoResult:
 
 
 def train_with_cli(config: Path, root: Path, overrides: list[str]) -> None:
-    """``train.py fit --config CONFIG`` in-process, with outputs under ``root``."""
+    """``train.py fit --config CONFIG`` in-process, with outputs under ``root``.
+
+    The config's ``StepBudget`` reports the progress; no progress bar, no model summary.
+    """
     from layergen.cli import cli_main
 
     args = ["fit", "--config", str(config), "--trainer.default_root_dir", str(root), *overrides]
     logger.info("training: %s", " ".join(args))
-    cli_main(args)
+    cli_main([*args, "--trainer.enable_progress_bar", "false",
+              "--trainer.enable_model_summary", "false"])
 
 
 def announce(stage: str, seconds: dict[str, float]) -> None:
@@ -274,6 +279,8 @@ def run_demo(
             guidance_scale=guidance,
             generator=torch.Generator().manual_seed(seed + first),
         ).images
+        print(progress_line("sampling", len(generated), len(scenes), time.perf_counter() - start,
+                            "prompt"), flush=True)
     samples = generated[:num_samples]
     source = next((s for s in samples if s.num_foregrounds >= 2), samples[0])
     edits = demo_edits(pipe, source, steps, guidance, seed)

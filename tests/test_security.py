@@ -35,16 +35,6 @@ SOURCES = sorted(
 # from_pretrained calls in code owned elsewhere that still accept pickled weights (issue 16,
 # item 4): the strict xfail below fails once they pass ``use_safetensors``, so that this list
 # is then emptied.
-PENDING_SAFETENSORS = {
-    "layergen/lit/autoencoder.py",
-    "layergen/models/autoencoder_body.py",
-    "layergen/models/layered_unet.py",
-    "layergen/models/loading.py",
-    "layergen/models/sd_autoencoder.py",
-    "layergen/models/text_encoder.py",
-    "layergen/pipelines/generation.py",
-    "layergen/pipelines/readme_demo.py",
-}
 NO_WEIGHTS = re.compile(r"(Processor|Tokenizer|Scheduler|Config)$")  # from_pretrained of no weights
 
 
@@ -119,13 +109,10 @@ def test_remote_code_is_never_trusted_by_default():
     assert not trusted, f"trust_remote_code on by default: {trusted}"
 
 
-def _pickle_weight_loads(pending: bool) -> list[str]:
+def _pickle_weight_loads() -> list[str]:
     """``from_pretrained`` calls that load weights without ``use_safetensors``."""
     found = []
     for path in SOURCES:
-        relative = path.relative_to(ROOT).as_posix()
-        if (relative in PENDING_SAFETENSORS) != pending:
-            continue
         for call in _calls(path):
             function = call.func
             if not (isinstance(function, ast.Attribute) and function.attr == "from_pretrained"):
@@ -137,13 +124,7 @@ def _pickle_weight_loads(pending: bool) -> list[str]:
 
 
 def test_weights_are_loaded_from_safetensors_only():
-    unsafe = _pickle_weight_loads(pending=False)
-    assert not unsafe, f"from_pretrained without use_safetensors: {unsafe}"
-
-
-@pytest.mark.xfail(strict=True, reason="issue 16 item 4: models/, pipelines/, lit/ still to do")
-def test_weights_are_loaded_from_safetensors_only_in_models_and_pipelines():
-    unsafe = _pickle_weight_loads(pending=True)
+    unsafe = _pickle_weight_loads()
     assert not unsafe, f"from_pretrained without use_safetensors: {unsafe}"
 
 

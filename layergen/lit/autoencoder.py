@@ -120,7 +120,9 @@ class LayeredAutoencoderModule(pl.LightningModule):
         self.automatic_optimization = False
         self.autoencoder = autoencoder
         if init_from_vae is not None:
-            vae = AutoencoderKL.from_pretrained(init_from_vae, subfolder=init_from_vae_subfolder)
+            vae = AutoencoderKL.from_pretrained(
+                init_from_vae, subfolder=init_from_vae_subfolder, use_safetensors=True
+            )
             autoencoder.body.load_sd_vae(vae)
             autoencoder.register_to_config(scaling_factor=float(vae.config.scaling_factor))
         self.lpips = (

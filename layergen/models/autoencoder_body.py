@@ -154,7 +154,9 @@ class LayeredAutoencoderBase(ModelMixin, ConfigMixin):
         remaining arguments (e.g. ``num_foregrounds``); ``scaling_factor`` defaults to the
         VAE's.
         """
-        vae = AutoencoderKL.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder)
+        vae = AutoencoderKL.from_pretrained(
+            pretrained_model_name_or_path, subfolder=subfolder, use_safetensors=True
+        )
         body_config = {
             "latent_channels": vae.config.latent_channels,
             "block_out_channels": tuple(vae.config.block_out_channels),

@@ -231,7 +231,7 @@ class LayeredUNet(ModelMixin, ConfigMixin):
         cls, name_or_path: str, subfolder: str | None = "unet", **options: Any
     ) -> LayeredUNet:
         """Load an SD UNet by hub id or local path (``subfolder`` "unet") and wrap it."""
-        unet = UNet2DConditionModel.from_pretrained(name_or_path, subfolder=subfolder)
+        unet = UNet2DConditionModel.from_pretrained(name_or_path, subfolder=subfolder, use_safetensors=True)
         return cls.from_unet(unet, **options)
 
     @classmethod
@@ -243,7 +243,9 @@ class LayeredUNet(ModelMixin, ConfigMixin):
         diffusers would load such a file with the SD blocks randomly re-initialised.
         """
         want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        model, info = super().from_pretrained(
+            *args, output_loading_info=True, use_safetensors=kwargs.pop("use_safetensors", True), **kwargs
+        )
         old = [k for k in info["unexpected_keys"] if ".transformer." in k]
         if old:
             raise ValueError(

@@ -46,4 +46,6 @@ def load_autoencoder(
             f"{config_file}: _class_name {class_name!r} is not a layered autoencoder; "
             f"expected one of {sorted(AUTOENCODER_CLASSES)}"
         )
-    return AUTOENCODER_CLASSES[class_name].from_pretrained(str(directory), **kwargs)
+    return AUTOENCODER_CLASSES[class_name].from_pretrained(
+        str(directory), use_safetensors=kwargs.pop("use_safetensors", True), **kwargs
+    )

@@ -70,7 +70,9 @@ class StackedSDAutoencoder(ModelMixin, ConfigMixin):
         cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs: Any
     ) -> StackedSDAutoencoder:
         """Wrap a pretrained VAE given by hub id or local path (``subfolder="vae"`` for SD)."""
-        vae = AutoencoderKL.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder)
+        vae = AutoencoderKL.from_pretrained(
+            pretrained_model_name_or_path, subfolder=subfolder, use_safetensors=True
+        )
         model = cls(vae_config=dict(vae.config), **kwargs)
         model.vae.load_state_dict(vae.state_dict())
         return model

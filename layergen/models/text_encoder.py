@@ -49,7 +49,7 @@ def load_text_encoder(
     tokenizer_kwargs = {"subfolder": tokenizer_subfolder} if tokenizer_subfolder else {}
     model_kwargs = {"subfolder": text_encoder_subfolder} if text_encoder_subfolder else {}
     tokenizer = CLIPTokenizer.from_pretrained(name_or_path, **tokenizer_kwargs)
-    text_encoder = CLIPTextModel.from_pretrained(name_or_path, **model_kwargs)
+    text_encoder = CLIPTextModel.from_pretrained(name_or_path, use_safetensors=True, **model_kwargs)
     text_encoder.requires_grad_(False).eval()
     return tokenizer, text_encoder
 

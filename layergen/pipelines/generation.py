@@ -38,7 +38,7 @@ def load_pipeline(
             )
         pipe = LayeredDiffusionPipeline.from_checkpoints(autoencoder, model, text_encoder)
     else:
-        pipe = LayeredDiffusionPipeline.from_pretrained(model)
+        pipe = LayeredDiffusionPipeline.from_pretrained(model, use_safetensors=True)
     return pipe.to(device)
 
 

@@ -264,7 +264,7 @@ def run_demo(
 
     announce("stage 3/3: sampling held-out prompts, edits, export", seconds)
     start = time.perf_counter()
-    pipe = LayeredDiffusionPipeline.from_pretrained(pipeline_dir)
+    pipe = LayeredDiffusionPipeline.from_pretrained(pipeline_dir, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     size = pipe.default_size
     max_layers = min(pipe.unet.config.max_layers, 3)

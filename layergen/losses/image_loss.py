@@ -118,4 +118,7 @@ def kl_loss(
         scalar: the batch mean of ``KL / (3 H W)``.
     """
     height, width = image_size
+    # in float32: under bf16 autocast the moments are bf16, and ``var - 1 - logvar`` cancels
+    # to a wrong (even negative) KL near the prior at bf16's 8-bit mantissa
+    posterior = LayeredDiagonalGaussian(posterior.parameters.float(), posterior.deterministic)
     return posterior.kl(layer_valid).mean() / (3.0 * height * width)

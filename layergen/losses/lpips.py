@@ -67,8 +67,12 @@ class FrozenLPIPS(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``(N, 3, H, W)`` pairs in [-1, 1] -> ``(N,)`` perceptual distances."""
-        return self.model(x, y).flatten()
+        """``(N, 3, H, W)`` pairs in [-1, 1] -> ``(N,)`` perceptual distances (float32).
+
+        Under bf16 autocast the backbone runs in bf16; the distances come back as float32 so
+        that the loss sums over components and samples in float32.
+        """
+        return self.model(x, y).flatten().float()
 
 
 def load_lpips(

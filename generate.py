@@ -74,7 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--width", type=int)
     add_device_arguments(parser)
     edit = parser.add_argument_group("edit mode")
-    edit.add_argument("--edit", metavar="INPUT", help="layered input: .psd, .ora or a PNG folder")
+    edit.add_argument(
+        "--edit",
+        metavar="INPUT",
+        help="layered input: .psd or .ora (ours, GIMP's, Krita's) or a folder of RGBA PNG "
+        "layers (0.png = background, 1.png, ... bottom to top, as Qwen-Image-Layered saves)",
+    )
     edit.add_argument("--keep", type=int, nargs="+", help="indices of layers kept (0 = background)")
     edit.add_argument("--restyle", type=int, metavar="I", help="restyle layer I")
     edit.add_argument(

@@ -6,8 +6,10 @@ One sample per key. Members (``{key}.{name}``):
                         for synthetic scenes): the target of the auxiliary composite head and
                         the FID reference (Text2Layer IV-B, V-B), ``LayeredImage.image``
     ``background.png``  RGB background
-    ``fg_{i}.png``      RGB foreground i (i = 0..K-1, back to front)
-    ``mask_{i}.png``    visible mask of foreground i: 8-bit ``"L"`` or 16-bit ``"I;16"``
+    ``fg_{i}.png``      RGB foreground i (i = 0..K-1, back to front); or RGBA, as
+                        LayerDiffuse and Qwen-Image-Layered emit layers (see below)
+    ``mask_{i}.png``    visible mask of foreground i: 8-bit ``"L"`` or 16-bit ``"I;16"``;
+                        optional when ``fg_{i}.png`` is RGBA
     ``json``            ``{"prompt", "layer_prompts", "K", "mask_bits", "source", "scores",
                         "depth", "metadata"}`` (UTF-8)
 
@@ -15,6 +17,12 @@ All PNGs are lossless; a write/read round trip is bit-exact on the quantised val
 are quantised on their cumulative sums (``q_i = round(s C_i) - round(s C_{i-1})`` with
 ``C_i = m_1 + ... + m_i``, ``s = 2^bits - 1``), so the decoded masks still sum to <= 1 and
 each is within one level of the original.
+
+An RGBA ``fg_{i}.png`` without a ``mask_{i}.png``: its alpha ``a_i`` is the layer's straight
+alpha under "normal" blending (alpha = mask), so its visible mask is what the layers above
+leave uncovered of it, ``m_i = a_i (1 - sum_{j > i} m_j)``: the alpha itself for one
+foreground or layers that do not overlap. With a ``mask_{i}.png`` the mask file wins and the
+alpha is ignored (the writers here write RGB foregrounds and mask files).
 
 Bad members (a corrupt or truncated image, a missing member, a mask of the wrong mode or
 size, non-UTF-8 text, an image over PIL's decompression-bomb limit, invalid values) raise
@@ -227,6 +235,37 @@ def _rgb(
     return np.asarray(image)
 
 
+def _foreground(
+    sample: dict[str, Any], i: int, shard: str, key: str, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``fg_{i}.png`` as ``(H, W, 3)`` RGB and, for an RGBA member, its ``(H, W)`` alpha."""
+    name = f"fg_{i}.png"
+    image = open_image(sample[name], name, shard, key, size)
+    if image.mode == "RGBA":
+        array = np.asarray(image)
+        return array[..., :3], array[..., 3]
+    if image.mode != "RGB":
+        raise ShardError(
+            "bad_image", shard, key, f"{name}: expected mode RGB or RGBA, got {image.mode}"
+        )
+    return np.asarray(image), None
+
+
+def _visible_masks(
+    masks: list[torch.Tensor | None], alphas: list[np.ndarray | None]
+) -> torch.Tensor:
+    """``(K, 1, H, W)`` visible masks: the mask files, and for layers without one their
+    alpha times what the layers above leave uncovered (see the module docstring)."""
+    out: list[torch.Tensor] = list(masks)  # type: ignore[arg-type]
+    covered = None
+    for i in reversed(range(len(out))):
+        if out[i] is None:
+            alpha = uint8_to_unit(alphas[i])
+            out[i] = alpha if covered is None else alpha * (1.0 - covered).clamp_min(0.0)
+        covered = out[i] if covered is None else covered + out[i]
+    return torch.stack(out)[:, None]
+
+
 def _mask(
     sample: dict[str, Any], name: str, bits: int, shard: str, key: str, size: tuple[int, int]
 ) -> np.ndarray:
@@ -286,7 +325,7 @@ def decode_sample(
         raise ShardError(
             "invalid_sample", shard, key, f"json: mask_bits must be 8 or 16, got {bits!r}"
         )
-    needed = ["background.png"] + [f"{p}_{i}.png" for i in range(k) for p in ("fg", "mask")]
+    needed = ["background.png"] + [f"fg_{i}.png" for i in range(k)]
     missing = [name for name in needed if name not in sample]
     if missing:
         raise ShardError("missing_member", shard, key, f"missing member(s) {', '.join(missing)}")
@@ -308,10 +347,24 @@ def decode_sample(
         limits.check_pixels(width, height, "background.png", layers=k + 1)
     except LayeredImageError as exn:
         raise ShardError("too_many_layers", shard, key, str(exn)) from None
-    foregrounds, masks = [], []
+    foregrounds, masks, alphas = [], [], []
     for i in range(k):
-        foregrounds.append(_rgb(sample, f"fg_{i}.png", shard, key, (width, height)))
-        masks.append(_mask(sample, f"mask_{i}.png", bits, shard, key, (width, height)))
+        rgb, alpha = _foreground(sample, i, shard, key, (width, height))
+        foregrounds.append(rgb)
+        if f"mask_{i}.png" in sample:  # the mask file wins over an alpha channel
+            mask = _mask(sample, f"mask_{i}.png", bits, shard, key, (width, height))
+            masks.append(uint8_to_unit(mask))
+            alphas.append(None)
+        elif alpha is not None:
+            masks.append(None)
+            alphas.append(alpha)
+        else:
+            raise ShardError(
+                "missing_member",
+                shard,
+                key,
+                f"missing member(s) mask_{i}.png (fg_{i}.png is RGB, without an alpha)",
+            )
     image = None
     if "image.png" in sample:
         image = _rgb(sample, "image.png", shard, key, (width, height))
@@ -326,7 +379,7 @@ def decode_sample(
     )
     # Decoded PNG values are finite and in range by construction; what remains to check is
     # that the visible masks sum to <= 1 (up to quantisation).
-    mask_tensor = uint8_to_unit(np.stack(masks))[:, None]  # (K, 1, H, W)
+    mask_tensor = _visible_masks(masks, alphas)  # (K, 1, H, W)
     total = float(mask_tensor.sum(0).max())
     if total > 1.0 + mask_sum_tolerance + k * 0.5 / (2**bits - 1):
         raise ShardError(

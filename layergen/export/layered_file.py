@@ -38,7 +38,13 @@ def save_layered(
 
 
 def load_layered(path: str | Path) -> LayeredImage:
-    """Load a layered image from a ``.psd``, ``.ora`` or a layer-PNG folder."""
+    """Load a layered image from a ``.psd``, ``.ora`` or a folder of RGBA PNG layers.
+
+    What each reader accepts (GIMP's and Krita's PSD and ORA files, Qwen-Image-Layered's
+    and LayerDiffuse's RGBA PNGs) is described in ``load_psd``, ``load_ora`` and
+    ``load_layer_dir``. A single image file is not a layered image: its error says to put
+    the background and the RGBA layers in a folder.
+    """
     path = Path(path)
     if not path.exists():
         raise LayeredImageError(f"{path}: no such file or folder")
@@ -49,6 +55,12 @@ def load_layered(path: str | Path) -> LayeredImage:
         return load_psd(path)
     if suffix == ".ora":
         return load_ora(path)
+    if suffix in (".png", ".webp", ".tif", ".tiff", ".jpg", ".jpeg"):
+        raise LayeredImageError(
+            f"{path}: one image is not a layered image; put the background and the RGBA "
+            "layers in a folder (0.png = background, 1.png, ... bottom to top) and give "
+            "the folder"
+        )
     raise LayeredImageError(
         f"{path}: unknown layered format '{suffix}'; use .psd, .ora or a folder"
     )

@@ -28,6 +28,15 @@ from layergen.export.manifest import (
     check_manifest,
     check_text,
 )
+from layergen.export.reading import (
+    HIDDEN,
+    LayerReport,
+    clean_name,
+    opaque_background,
+    pil_to_rgba,
+    place,
+    scale_alpha,
+)
 from layergen.layers import BACKGROUND_PROMPT, LayeredImage, LayeredImageError
 
 logger = logging.getLogger(__name__)
@@ -119,41 +128,101 @@ def _canvas_size(root: ElementTree.Element, path: Path) -> tuple[int, int]:
     return width, height
 
 
-def _read_layer(
-    archive: zipfile.ZipFile, entry: ElementTree.Element, path: Path, size: tuple[int, int]
-) -> np.ndarray:
-    """One ``stack.xml`` layer entry as ``(H, W, 4)`` uint8 on a canvas of ``size``."""
-    src = entry.get("src", "")
+MAX_STACK_DEPTH = 64
+"""Nesting of ``<stack>`` elements (layer groups) accepted in ``stack.xml``."""
+
+
+def _attributes(entry: ElementTree.Element, what: str) -> tuple[int, int, float]:
+    """``(x, y, opacity)`` of a ``<layer>`` or ``<stack>`` element."""
     try:
-        offset = (int(entry.get("x", 0)), int(entry.get("y", 0)))
-        opacity = float(entry.get("opacity", 1.0))
+        return int(entry.get("x", 0)), int(entry.get("y", 0)), float(entry.get("opacity", 1.0))
     except ValueError as err:
-        raise LayeredImageError(f"{path}: layer '{src}': bad offset or opacity ({err})") from None
+        raise LayeredImageError(f"{what}: bad offset or opacity ({err})") from None
+
+
+def _visible_layers(
+    root: ElementTree.Element, path: Path, report: LayerReport
+) -> list[tuple[ElementTree.Element, int, int, float]]:
+    """The visible ``<layer>`` elements, top first, with offsets and opacities summed and
+    multiplied through their stacks; the others go to ``report``."""
+    found: list[tuple[ElementTree.Element, int, int, float]] = []
+    # (stack element, its x, y, opacity, depth), walked in document order (top first)
+    pending = [(iter(root), 0, 0, 1.0, 0)]
+    while pending:
+        children, x0, y0, opacity0, depth = pending[-1]
+        child = next(children, None)
+        if child is None:
+            pending.pop()
+            continue
+        name = clean_name(child.get("name", "")) or child.get("src", "")
+        what = f"{path}: stack.xml: {child.tag} {name[:80]!r}"
+        hidden = child.get("visibility", "visible") == "hidden"
+        if child.tag == "stack":
+            if hidden:
+                report.skip(HIDDEN, f"group {name}")
+                continue
+            if depth + 1 > MAX_STACK_DEPTH:
+                raise LayeredImageError(f"{what}: stacks nested over {MAX_STACK_DEPTH} deep")
+            x, y, opacity = _attributes(child, what)
+            pending.append((iter(child), x0 + x, y0 + y, opacity0 * opacity, depth + 1))
+        elif child.tag == "layer":
+            if hidden:
+                report.skip(HIDDEN, name)
+                continue
+            x, y, opacity = _attributes(child, what)
+            if child.get("composite-op", "svg:src-over") != "svg:src-over":
+                report.approximate(f"{child.get('composite-op')} layer(s) read as normal", name)
+            found.append((child, x0 + x, y0 + y, opacity0 * opacity))
+        else:
+            report.skip(f"<{child.tag}> element(s) (not pixels)", name)
+    return found
+
+
+def _read_layer(
+    archive: zipfile.ZipFile,
+    entry: ElementTree.Element,
+    path: Path,
+    size: tuple[int, int],
+    offset: tuple[int, int],
+    opacity: float,
+) -> np.ndarray:
+    """One ``stack.xml`` layer as ``(H, W, 4)`` RGBA (uint8, or uint16 for 16-bit greys) on
+    a canvas of ``size`` (width, height), at ``offset`` (x, y), its alpha times ``opacity``."""
+    src = entry.get("src", "")
+    what = f"{path}: layer '{src}'"
+    name = clean_name(entry.get("name", ""))
+    named = f" (layer {name[:80]!r})" if name else ""
     data = _member(archive, src, path, limits.MAX_MEMBER_BYTES)
     try:
         with Image.open(io.BytesIO(data)) as layer:  # reads the header only
-            limits.check_pixels(layer.width, layer.height, f"{path}: layer '{src}'")
-            canvas = Image.new("RGBA", size, (0, 0, 0, 0))
-            canvas.paste(layer.convert("RGBA"), offset)
+            limits.check_pixels(layer.width, layer.height, what)
+            rgba = pil_to_rgba(layer, what)
+    except LayeredImageError as err:
+        raise LayeredImageError(f"{err}{named}") from None
     except (OSError, SyntaxError, Image.DecompressionBombError) as err:
-        raise LayeredImageError(f"{path}: layer '{src}': cannot decode ({err})") from None
-    rgba = np.asarray(canvas).copy()
-    if opacity < 1.0:
-        rgba[..., 3] = np.rint(rgba[..., 3] * max(opacity, 0.0)).astype(np.uint8)
-    return rgba
+        raise LayeredImageError(f"{what}: cannot decode ({err}){named}") from None
+    return scale_alpha(place(rgba, size, offset), opacity)
 
 
 def load_ora(path: str | Path) -> LayeredImage:
-    """Read an OpenRaster file into a ``LayeredImage``.
+    """Read an OpenRaster file (ours, Krita's, MyPaint's) into a ``LayeredImage``.
 
-    The bottom visible layer of the stack is the background; nested stacks are flattened in
-    order; layer names become layer prompts; ``layergen.json``, when present, restores the
-    prompt and metadata. Sizes are checked against ``layergen.limits`` before they are
-    used: the members' sizes, the canvas, the number of layers, each layer's size and name.
+    The visible layers of ``stack.xml`` are read bottom first, the bottom one being the
+    background (made opaque, transparent parts over white). Nested stacks (groups) are
+    flattened into their layers in order, their ``x``/``y`` offsets added to their layers'
+    (as the OpenRaster spec says; Krita writes 0 and ignores them) and their opacities multiplying their layers' alphas (exact where a group's layers do
+    not overlap); each layer's PNG, of any size, is placed at its offset. Hidden layers
+    and stacks are skipped and logged at INFO; other elements (e.g. text or filter
+    entries) are skipped and composite ops other than ``svg:src-over`` read as normal,
+    with a WARNING naming the file and the layers. Layer names become layer prompts;
+    ``layergen.json``, when present, restores the prompt and metadata. Sizes are checked
+    against ``layergen.limits`` before they are used: the members' sizes, the canvas, the
+    number of layers, each layer's size and name.
 
     Raises:
-        LayeredImageError: naming the file when it is not an OpenRaster archive, has fewer
-            than two layers or is over a limit.
+        LayeredImageError: naming the file (and the layer) when it is not an OpenRaster
+            archive, a layer cannot be decoded, fewer than two layers are visible or a
+            limit is exceeded.
     """
     path = Path(path)
     try:
@@ -174,28 +243,33 @@ def load_ora(path: str | Path) -> LayeredImage:
         except ElementTree.ParseError as err:
             raise LayeredImageError(f"{path}: stack.xml: invalid XML ({err})") from None
         size = _canvas_size(root, path)
-        entries = [e for e in root.iter("layer") if e.get("visibility", "visible") == "visible"]
+        report = LayerReport(str(path))
+        entries = _visible_layers(root, path, report)
         entries.reverse()  # bottom first
         if len(entries) < 2:
+            skipped = f" (skipped: {report.summary()})" if report.count() else ""
             raise LayeredImageError(
                 f"{path}: expected a background and at least one foreground layer, "
-                f"found {len(entries)}"
+                f"found {len(entries)}{skipped}"
             )
         limits.check_layers(len(entries), f"{path}: stack.xml")
         limits.check_pixels(*size, f"{path}: stack.xml canvas", layers=len(entries))
         arrays, prompts = [], []
-        for entry in entries:
+        for entry, x, y, opacity in entries:
             src = entry.get("src", "")
             if src not in names:
                 raise LayeredImageError(f"{path}: layer source '{src}' is missing")
-            prompts.append(check_text(entry.get("name", ""), f"{path}: layer '{src}'"))
-            arrays.append(_read_layer(archive, entry, path, size))
+            name = clean_name(entry.get("name", ""))
+            prompts.append(check_text(name, f"{path}: layer '{src}'"))
+            arrays.append(_read_layer(archive, entry, path, size, (x, y), opacity))
+        report.log()
         manifest = None
         if MANIFEST_NAME in names:
             data = _member(archive, MANIFEST_NAME, path, limits.MAX_JSON_BYTES)
             manifest = check_manifest(
                 limits.parse_json(data, f"{path}: {MANIFEST_NAME}"), f"{path}: {MANIFEST_NAME}"
             )
+    arrays[0] = opaque_background(arrays[0])
     image = LayeredImage.from_rgba(arrays, layer_prompts=prompts)
     if manifest is not None:
         apply_manifest(image, manifest)

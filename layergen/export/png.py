@@ -1,6 +1,6 @@
 """A layered image as a folder of PNGs: one RGBA PNG per layer, the composite, a manifest.
 
-Layout::
+Written layout (``load_layer_dir`` also reads other programs' folders of RGBA PNGs)::
 
     DIR/layer_00.png  ... layer_{K}.png   straight-alpha RGBA, background (opaque) first
     DIR/composite.png                     RGB composite (LayerDiff eq. 1)
@@ -13,11 +13,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
 from layergen import limits
 from layergen.export.manifest import apply_manifest, build_manifest, read_manifest, write_manifest
+from layergen.export.reading import check_same_size, natural_key, opaque_background, pil_to_rgba
 from layergen.layers import LayeredImage, LayeredImageError
 
 logger = logging.getLogger(__name__)
@@ -60,16 +60,44 @@ def save_layer_pngs(
     return directory
 
 
-def load_layer_dir(directory: str | Path) -> LayeredImage:
-    """Read a folder written by ``save_layer_pngs`` (or any folder of ``layer_XX.png``).
+NOT_LAYERS = (COMPOSITE_FILE, "mergedimage.png", "thumbnail.png")
+"""PNG names in a folder that are never layers (compared in lower case)."""
 
-    The manifest, when present, names the layer files and restores the prompts; otherwise
-    the ``layer_*.png`` files are taken in name order, the first being the background. Only
-    plain file names inside the folder are read; the number of layers and each layer's size
-    are checked against ``layergen.limits`` before any layer is decoded.
+
+def _layer_names(directory: Path, manifest: dict[str, Any]) -> list[Any]:
+    """The layer files of a folder, bottom first (see ``load_layer_dir``)."""
+    if manifest.get("layer_files"):
+        return manifest["layer_files"]
+    pngs = sorted(
+        (p.name for p in directory.iterdir() if p.suffix.lower() == ".png" and p.is_file()),
+        key=natural_key,
+    )
+    ours = [n for n in pngs if n.lower().startswith("layer_")]
+    if ours:
+        return ours
+    return [n for n in pngs if n.lower() not in NOT_LAYERS]
+
+
+def load_layer_dir(directory: str | Path) -> LayeredImage:
+    """Read a folder of RGBA PNG layers: ours (``save_layer_pngs``), Qwen-Image-Layered's
+    (``0.png``, ``1.png``, ... from its diffusers example, ``layer_1.png``, ... from its
+    app's ZIP) or any numbered PNGs, e.g. LayerDiffuse's background and foregrounds.
+
+    Which files, bottom (the background) first:
+      1. the ``layer_files`` of ``manifest.json`` when the folder has one;
+      2. else the ``layer_*.png`` files, in natural order (``layer_2`` before ``layer_10``);
+      3. else every ``*.png`` except ``composite.png``, ``mergedimage.png`` and
+         ``thumbnail.png``, in natural order (``2.png`` before ``10.png``).
+    Each layer's alpha is its straight alpha under "normal" blending (alpha = mask); the
+    bottom layer is made opaque (transparent parts over white). 16-bit greyscale PNGs
+    keep 16 bits. ComfyUI's Qwen-Image-Layered node also outputs the whole picture as its
+    first image: leave that one out of the folder. Only plain file names inside the folder
+    are read; the number of layers and each layer's size are checked against
+    ``layergen.limits`` before any layer is decoded.
 
     Raises:
-        LayeredImageError: naming the folder when a layer file is missing or outside it,
+        LayeredImageError: naming the folder and the file when a layer file is missing,
+            outside the folder, cannot be decoded or differs in size from the first one,
             fewer than two layers are found, or a limit is exceeded.
     """
     directory = Path(directory)
@@ -78,13 +106,13 @@ def load_layer_dir(directory: str | Path) -> LayeredImage:
     manifest = (
         read_manifest(directory / MANIFEST_FILE) if (directory / MANIFEST_FILE).exists() else {}
     )
-    names = manifest.get("layer_files") or sorted(p.name for p in directory.glob("layer_*.png"))
+    names = _layer_names(directory, manifest)
     if not isinstance(names, list):
         raise LayeredImageError(f"{directory}: {MANIFEST_FILE}: layer_files must be a list")
     if len(names) < 2:
         raise LayeredImageError(
-            f"{directory}: expected at least two layer PNGs (layer_00.png = background), "
-            f"found {len(names)}"
+            f"{directory}: expected at least two layer PNGs (the background first: "
+            f"layer_00.png or 0.png, ...), found {len(names)}"
         )
     limits.check_layers(len(names), str(directory))
     arrays = []
@@ -99,9 +127,13 @@ def load_layer_dir(directory: str | Path) -> LayeredImage:
         try:
             with Image.open(file) as layer:  # reads the header only
                 limits.check_pixels(layer.width, layer.height, f"{directory}: {name}", len(names))
-                arrays.append(np.asarray(layer.convert("RGBA")))
+                arrays.append(pil_to_rgba(layer, f"{directory}: {name}"))
         except (OSError, SyntaxError, Image.DecompressionBombError) as err:
             raise LayeredImageError(f"{directory}: {name}: cannot decode ({err})") from None
+        if len(arrays) > 1 and arrays[-1].shape[:2] != arrays[0].shape[:2]:
+            check_same_size(arrays, names, str(directory))
+    logger.debug("%s: layers bottom to top: %s", directory, ", ".join(names))
+    arrays[0] = opaque_background(arrays[0])
     image = LayeredImage.from_rgba(arrays)
     if manifest:
         apply_manifest(

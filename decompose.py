@@ -6,6 +6,9 @@ PSD / ORA files or folders of layer PNGs named by the layer prompts. Classical b
 ``--config configs/synth/layerdiff.yaml``.
 """
 
+import layergen.openmp  # noqa: F401  (first: OpenMP waiting set before torch loads)
+
+# isort: split
 import argparse
 import logging
 import sys

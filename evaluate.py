@@ -10,6 +10,9 @@ Re-running with the same --out resumes: samples already written are not generate
 
 from __future__ import annotations
 
+import layergen.openmp  # noqa: F401  (first: OpenMP waiting set before torch loads)
+
+# isort: split
 import argparse
 import sys
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import layergen.openmp  # noqa: F401  (first: OpenMP waiting set before torch loads)
+
+# isort: split
 import argparse
 import sys
 from pathlib import Path

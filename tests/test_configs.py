@@ -31,6 +31,7 @@ TRAIN_STACKS = [
     ["classifier_inpaint.yaml"],
     ["demo/ae.yaml"],
     ["demo/ldm.yaml"],
+    ["demo/ldm.yaml", "demo/reference.yaml"],
     ["repro/ae_common.yaml", "repro/ae_cat2i.yaml"],
     ["repro/ae_common.yaml", "repro/ae_cat2i_nosup.yaml"],
     ["repro/ae_common.yaml", "repro/ae_layer.yaml"],

@@ -103,7 +103,7 @@ def max_difference(run: Path, reference: Path) -> tuple[float, float]:
     if exported.keys() != expected.keys():
         return float("inf"), float("inf")
     ema = max((exported[k].float() - expected[k].float()).abs().max().item() for k in expected)
-    ckpt, ref = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    ckpt, ref = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
                  for r in (run, reference))
     keys = [k for k in ref if k.startswith("unet.")]
     if sorted(keys) != sorted(k for k in ckpt if k.startswith("unet.")):

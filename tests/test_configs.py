@@ -23,6 +23,7 @@ TRAIN_STACKS = [
     ["ae.yaml", "data/shapes.yaml"],
     ["ldm.yaml"],
     ["ldm.yaml", "ldm_fsdp.yaml"],
+    ["ldm.yaml", "cluster/multinode.yaml"],
     ["ldm.yaml", "data/latents.yaml"],
     ["ldm_text2layer.yaml"],
     ["ldm_text2layer.yaml", "baselines/sd_ae_unet.yaml"],

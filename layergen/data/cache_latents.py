@@ -6,6 +6,8 @@
 ``python -m layergen.data.cache_latents --scenes 4096 --size 32 --max-foregrounds 2
 --out demo_runs/latents/train --autoencoder demo_runs/ae/pretrained --text-encoder
 demo_runs/text_encoder`` (synthetic scenes of a split, as ``LayeredDataModule`` draws them)
+
+Re-running a killed command with the same arguments encodes only the shards not yet written.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    samples = None
+    samples, source = None, None
     if args.scenes is not None:
         from layergen.data.shapes import ShapeScenes
 
@@ -44,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                              max_foregrounds=args.max_foregrounds, seed=args.seed,
                              split=args.split, length=args.scenes)
         samples = (scenes[i] for i in range(len(scenes)))
+        source = {"scenes": args.scenes, "size": args.size, "split": args.split, "seed": args.seed,
+                  "min_foregrounds": args.min_foregrounds, "max_foregrounds": args.max_foregrounds}
     cache_latents(
         args.shards,
         args.out,
@@ -53,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         samples_per_shard=args.samples_per_shard,
         device=args.device,
         samples=samples,
+        source=source,
     )
 
 

@@ -88,7 +88,11 @@ def read_label_lines(path: str | os.PathLike) -> list[dict]:
                     raise ValueError(
                         f"'key' is over layergen.limits.MAX_TEXT_CHARS = {limits.MAX_TEXT_CHARS}"
                     )
-                if entry.get("label") not in (0, 1, None) or entry.get("split") not in SPLITS:
+                if (
+                    "label" not in entry
+                    or entry["label"] not in (0, 1, None)
+                    or entry.get("split") not in SPLITS
+                ):
                     raise ValueError(f"'label' must be 0, 1 or null and 'split' one of {SPLITS}")
             except ValueError as error:
                 raise ValueError(f"{os.fspath(path)}:{number}: bad label line ({error})") from None

@@ -10,15 +10,19 @@ latent shards, one tar member per field of a key:
   ``(S, D)`` and ``layer_prompt_embeds`` ``(L, S, D)`` (``T(y)``, ``T(p_i)``);
 - ``{key}.json``: prompt, layer prompts, key.
 
+Each shard is written to a temporary file and renamed when complete; ``cache_progress.json``
+records what the cache is made from and how many shards are complete, so that a killed run
+re-run with the same inputs encodes only the shards not yet written (:func:`cache_latents`).
 :class:`LatentDataModule` reads them back as :class:`LatentBatch` es padded to ``L`` layers.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,11 +30,13 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import webdataset as wds
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from layergen import limits
 from layergen.data.sharding import samples_per_worker, shard_stages
 from layergen.layers import LayeredBatch, LayeredImage
 from layergen.models.text_encoder import encode_prompts
@@ -120,14 +126,74 @@ class LatentBatch:
 
 
 def decode_latent_sample(sample: dict[str, Any]) -> dict[str, Any]:
-    """WebDataset sample (raw bytes) -> tensors and metadata; errors name the key."""
-    key = sample.get("__key__", "?")
+    """WebDataset sample (raw bytes) -> tensors and metadata (see the module docstring).
+
+    Returns:
+        ``{"key", "prompt", "layer_prompts" (L strings), "latents" (L', C, h, w) with
+        ``L'`` in ``(1, L, 2L - 1)``, "prompt_embeds" (S, D), "layer_prompt_embeds"
+        (L, S, D)}``, ``L <= layergen.limits.MAX_FOREGROUNDS + 1``.
+
+    Raises:
+        ValueError: ``"latent shard {url}, key {key}: ..."``: a member is missing or
+            unreadable, or a field has the wrong type or shape.
+    """
+    key = str(sample.get("__key__", "?"))
+    where = f"latent shard {sample.get('__url__', '?')}, key {key}"
     try:
         tensors = load_safetensors(sample[LATENTS_FIELD])
-        meta = json.loads(sample["json"])
-    except (KeyError, ValueError, json.JSONDecodeError) as exn:
-        raise ValueError(f"latent shard {sample.get('__url__', '?')}, key {key}: {exn}") from exn
-    return {"key": key, "prompt": meta["prompt"], "layer_prompts": meta["layer_prompts"], **tensors}
+        meta = limits.parse_json(sample["json"], "json")
+    except KeyError as exn:
+        raise ValueError(f"{where}: missing member {exn}") from None
+    except (ValueError, SafetensorError) as exn:
+        raise ValueError(f"{where}: {exn}") from None
+    try:
+        decoded = _check_latent_sample(meta, tensors)
+    except ValueError as exn:
+        raise ValueError(f"{where}: {exn}") from None
+    return {"key": key, **decoded}
+
+
+def _check_latent_sample(meta: Any, tensors: dict[str, Tensor]) -> dict[str, Any]:
+    """The fields of a cached sample, checked against each other and ``layergen.limits``."""
+    if not isinstance(meta, dict):
+        raise ValueError("json: expected a JSON object")
+    prompt, layer_prompts = meta.get("prompt"), meta.get("layer_prompts")
+    if not isinstance(prompt, str) or len(prompt) > limits.MAX_TEXT_CHARS:
+        raise ValueError(f"json: prompt must be a string of at most {limits.MAX_TEXT_CHARS}")
+    if not (
+        isinstance(layer_prompts, list)
+        and 1 <= len(layer_prompts) <= limits.MAX_FOREGROUNDS + 1
+        and all(isinstance(p, str) and len(p) <= limits.MAX_TEXT_CHARS for p in layer_prompts)
+    ):
+        raise ValueError(
+            f"json: layer_prompts must be 1 to {limits.MAX_FOREGROUNDS + 1} strings of at most "
+            f"{limits.MAX_TEXT_CHARS}"
+        )
+    missing = {"latents", "prompt_embeds", "layer_prompt_embeds"} - set(tensors)
+    if missing:
+        raise ValueError(f"{LATENTS_FIELD}: missing tensor(s) {', '.join(sorted(missing))}")
+    n = len(layer_prompts)
+    latents, embeds, layer_embeds = (
+        tensors[name] for name in ("latents", "prompt_embeds", "layer_prompt_embeds")
+    )
+    if (
+        latents.ndim != 4
+        or latents.shape[0] not in (1, n, 2 * n - 1)
+        or embeds.ndim != 2
+        or tuple(layer_embeds.shape) != (n, *embeds.shape)
+    ):
+        raise ValueError(
+            f"{LATENTS_FIELD}: for {n} layer prompts expected latents (1 | {n} | {2 * n - 1}, "
+            f"C, h, w), prompt_embeds (S, D) and layer_prompt_embeds ({n}, S, D), got "
+            f"{tuple(latents.shape)}, {tuple(embeds.shape)}, {tuple(layer_embeds.shape)}"
+        )
+    return {
+        "prompt": prompt,
+        "layer_prompts": layer_prompts,
+        "latents": latents,
+        "prompt_embeds": embeds,
+        "layer_prompt_embeds": layer_embeds,
+    }
 
 
 @torch.no_grad()
@@ -173,18 +239,28 @@ def write_latent_shards(
     out_dir: str | Path,
     samples_per_shard: int = 1000,
     prefix: str = "latents",
+    first_shard: int = 0,
+    on_shard_written: Callable[[int], None] | None = None,
 ) -> list[Path]:
-    """Write encoded samples to ``out_dir/{prefix}-{i:06d}.tar`` (each written atomically)."""
+    """Write encoded samples to ``out_dir/{prefix}-{i:06d}.tar`` from ``i = first_shard`` on,
+    each written atomically (a temporary file renamed when the shard is complete), then
+    ``on_shard_written(i + 1)``; returns the shards written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     writer, tmp = None, None
+
+    def close() -> None:
+        writer.close()
+        os.replace(tmp, paths[-1])
+        if on_shard_written is not None:
+            on_shard_written(first_shard + len(paths))
+
     for count, s in enumerate(samples):
         if count % samples_per_shard == 0:
             if writer is not None:
-                writer.close()
-                os.replace(tmp, paths[-1])
-            paths.append(out_dir / f"{prefix}-{len(paths):06d}.tar")
+                close()
+            paths.append(out_dir / f"{prefix}-{first_shard + len(paths):06d}.tar")
             tmp = paths[-1].with_suffix(".tar.tmp")
             writer = wds.TarWriter(str(tmp))
         tensors = {k: s[k] for k in ("latents", "prompt_embeds", "layer_prompt_embeds")}
@@ -197,12 +273,51 @@ def write_latent_shards(
             }
         )
     if writer is not None:
-        writer.close()
-        os.replace(tmp, paths[-1])
+        close()
     return paths
 
 
 EMPTY_PROMPT_FILE = "empty_prompt.safetensors"
+PROGRESS_FILE = "cache_progress.json"
+SHARD_PREFIX = "latents"
+
+
+def _fingerprint(model: str) -> list[Any]:
+    """A model's path or hub id and, when it is local, the size and modification time of
+    each of its files (a model re-trained in place is another model)."""
+    path = Path(model)
+    if not path.exists():
+        return [model]
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [model] + [
+        [
+            p.relative_to(path).as_posix() if p != path else p.name,
+            p.stat().st_size,
+            p.stat().st_mtime_ns,
+        ]
+        for p in files
+    ]
+
+
+def _write_progress(path: Path, progress: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(progress))
+    os.replace(tmp, path)
+
+
+def _completed_shards(out_dir: Path, identity: dict[str, Any] | None) -> tuple[int, bool]:
+    """``(complete shards, whether the cache is finished)`` recorded for ``identity``."""
+    path = out_dir / PROGRESS_FILE
+    if identity is None or not path.is_file():
+        return 0, False
+    try:
+        progress = json.loads(path.read_text())
+    except ValueError:
+        return 0, False
+    if not isinstance(progress, dict) or progress.get("identity") != identity:
+        logger.info("%s: made from other inputs; encoding everything again", path)
+        return 0, False
+    return int(progress.get("shards", 0)), bool(progress.get("finished", False))
 
 
 def cache_latents(
@@ -214,23 +329,63 @@ def cache_latents(
     samples_per_shard: int = 1000,
     device: str = "cpu",
     samples: Iterable[LayeredImage] | None = None,
+    source: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Encode layered shards (or ``samples``) into latent shards with a frozen autoencoder
     and text encoder; ``T("")`` goes beside them (:data:`EMPTY_PROMPT_FILE`) so that reading
-    the cache loads no model."""
+    the cache loads no model.
+
+    Resumable: :data:`PROGRESS_FILE` records what the cache is made from (``shards``, or
+    ``source``, a description of ``samples``; both models' files; ``samples_per_shard``) and
+    the number of complete shards, after each shard. A re-run with the same inputs skips
+    (reads but does not encode) the samples of the complete shards, so a killed run loses
+    at most the shard it was writing; a finished cache is returned as it is. With other
+    inputs, or ``samples`` without ``source``, everything is encoded again.
+
+    Returns:
+        Every shard of the cache, in order.
+    """
     from layergen.data.shards import read_shards
     from layergen.models.loading import load_autoencoder
     from layergen.models.text_encoder import load_text_encoder
 
     if (shards is None) == (samples is None):
         raise ValueError("cache_latents: give exactly one of `shards` or `samples`")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    identity = None
+    if samples is None or source is not None:
+        identity = {
+            "shards": shards,
+            "source": source,
+            "samples_per_shard": samples_per_shard,
+            "autoencoder": _fingerprint(autoencoder),
+            "text_encoder": _fingerprint(text_encoder),
+        }
+    done, finished = _completed_shards(out_dir, identity)
+    previous = [out_dir / f"{SHARD_PREFIX}-{i:06d}.tar" for i in range(done)]
+    if finished and all(p.is_file() for p in previous) and (out_dir / EMPTY_PROMPT_FILE).is_file():
+        logger.info("%s: the cache is complete (%d shards)", out_dir, done)
+        return previous
+    if done:
+        logger.info("resuming: %d shards of %s already written", done, out_dir)
+
+    def record(count: int, finished: bool = False) -> None:
+        if identity is not None:
+            progress = {"identity": identity, "shards": count, "finished": finished}
+            _write_progress(out_dir / PROGRESS_FILE, progress)
+
+    record(done)  # replaces the record of another cache before any of its shards is overwritten
+    if identity is None:
+        (out_dir / PROGRESS_FILE).unlink(missing_ok=True)
     ae = load_autoencoder(autoencoder).to(device).eval()
     tokenizer, te = load_text_encoder(text_encoder)
     te.to(device)
 
     def encoded() -> Iterator[dict[str, Any]]:
         chunk: list[LayeredImage] = []
-        for sample in read_shards(shards) if samples is None else samples:
+        source_samples = read_shards(shards) if samples is None else samples
+        for sample in itertools.islice(source_samples, done * samples_per_shard, None):
             chunk.append(sample)
             if len(chunk) == batch_size:
                 yield from encode_latent_samples(chunk, ae, tokenizer, te)
@@ -238,11 +393,14 @@ def cache_latents(
         if chunk:
             yield from encode_latent_samples(chunk, ae, tokenizer, te)
 
-    paths = write_latent_shards(encoded(), out_dir, samples_per_shard)
+    paths = previous + write_latent_shards(
+        encoded(), out_dir, samples_per_shard, SHARD_PREFIX, done, record
+    )
     empty = encode_prompts(tokenizer, te, [""])[0].half().cpu().contiguous()
-    tmp = Path(out_dir) / (EMPTY_PROMPT_FILE + ".tmp")
+    tmp = out_dir / (EMPTY_PROMPT_FILE + ".tmp")
     tmp.write_bytes(save_safetensors({"empty_prompt_embeds": empty}))
-    os.replace(tmp, Path(out_dir) / EMPTY_PROMPT_FILE)
+    os.replace(tmp, out_dir / EMPTY_PROMPT_FILE)
+    record(len(paths), finished=True)
     logger.info("wrote %d latent shards to %s", len(paths), out_dir)
     return paths
 

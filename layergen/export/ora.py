@@ -13,7 +13,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import lzma
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -109,12 +111,36 @@ def save_ora(image: LayeredImage, path: str | Path, manifest: dict[str, Any] | N
     return path
 
 
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    OSError,  # a seek to an offset before the start of the file, bz2's invalid data
+    EOFError,
+    ValueError,
+    NotImplementedError,  # an unknown compression method
+    RuntimeError,  # an encrypted member
+    zlib.error,
+    lzma.LZMAError,
+)
+"""What ``zipfile`` raises on a corrupt archive or member."""
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except ZIP_ERRORS as err:
+        raise LayeredImageError(f"{path}: not an OpenRaster (zip) file ({err})") from None
+
+
 def _member(archive: zipfile.ZipFile, name: str, path: Path, max_bytes: int) -> bytes:
     """The bytes of member ``name``, refused above ``max_bytes`` by its declared size."""
     size = archive.getinfo(name).file_size
     if size > max_bytes:
         raise LayeredImageError(f"{path}: member '{name}' of {size} bytes is over {max_bytes}")
-    return archive.read(name)
+    try:
+        return archive.read(name)
+    except ZIP_ERRORS as err:
+        raise LayeredImageError(f"{path}: member '{name}' is corrupt ({err})") from None
 
 
 def _canvas_size(root: ElementTree.Element, path: Path) -> tuple[int, int]:
@@ -199,7 +225,7 @@ def _read_layer(
             rgba = pil_to_rgba(layer, what)
     except LayeredImageError as err:
         raise LayeredImageError(f"{err}{named}") from None
-    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise LayeredImageError(f"{what}: cannot decode ({err}){named}") from None
     return scale_alpha(place(rgba, size, offset), opacity)
 
@@ -225,11 +251,7 @@ def load_ora(path: str | Path) -> LayeredImage:
             limit is exceeded.
     """
     path = Path(path)
-    try:
-        archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as err:
-        raise LayeredImageError(f"{path}: not an OpenRaster (zip) file") from err
-    with archive:
+    with _open_zip(path) as archive:
         names = set(archive.namelist())
         mimetype = _member(archive, "mimetype", path, 64) if "mimetype" in names else b""
         if mimetype.strip() != ORA_MIMETYPE.encode():
@@ -240,7 +262,8 @@ def load_ora(path: str | Path) -> LayeredImage:
             root = ElementTree.fromstring(
                 _member(archive, "stack.xml", path, limits.MAX_JSON_BYTES)
             )
-        except ElementTree.ParseError as err:
+        except (ElementTree.ParseError, LookupError, ValueError) as err:  # LookupError:
+            # an unknown encoding in the XML declaration
             raise LayeredImageError(f"{path}: stack.xml: invalid XML ({err})") from None
         size = _canvas_size(root, path)
         report = LayerReport(str(path))
@@ -279,7 +302,7 @@ def load_ora(path: str | Path) -> LayeredImage:
 def ora_merged_image(path: str | Path) -> np.ndarray:
     """``mergedimage.png`` of an OpenRaster file as ``(H, W, 3)`` uint8."""
     path = Path(path)
-    with zipfile.ZipFile(path) as archive:
+    with _open_zip(path) as archive:
         data = _member(archive, "mergedimage.png", path, limits.MAX_MEMBER_BYTES)
     with Image.open(io.BytesIO(data)) as merged:
         limits.check_pixels(merged.width, merged.height, f"{path}: mergedimage.png")

@@ -128,7 +128,10 @@ def load_layer_dir(directory: str | Path) -> LayeredImage:
             with Image.open(file) as layer:  # reads the header only
                 limits.check_pixels(layer.width, layer.height, f"{directory}: {name}", len(names))
                 arrays.append(pil_to_rgba(layer, f"{directory}: {name}"))
-        except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+        except LayeredImageError:
+            raise
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            # PIL raises ValueError too, e.g. "Truncated IHDR chunk"
             raise LayeredImageError(f"{directory}: {name}: cannot decode ({err})") from None
         if len(arrays) > 1 and arrays[-1].shape[:2] != arrays[0].shape[:2]:
             check_same_size(arrays, names, str(directory))

@@ -142,13 +142,14 @@ def run_gimp(script: str, home: Path) -> str:
 def display():
     """One virtual X display (Xvfb) for every Krita run of the module: Krita needs one even
     in batch mode. The first display number from 99 without a lock file (Krita could not
-    connect to an Xvfb on :0 in CI, while the same server on :1 worked); Xvfb writes it to
-    ``-displayfd`` once it accepts connections."""
+    connect to an Xvfb on :0 in CI, while the same server on :1 worked); ``-noreset``: by
+    default the server resets when its last client leaves, and a Krita starting during the
+    reset cannot connect. Xvfb writes the number to ``-displayfd`` once it accepts connections."""
     free = next(n for n in range(99, 200) if not Path(f"/tmp/.X{n}-lock").exists())
     read_end, write_end = os.pipe()
     server = subprocess.Popen(
         [XVFB, f":{free}", "-displayfd", str(write_end), "-screen", "0", "640x480x24",
-         "-nolisten", "tcp"],
+         "-nolisten", "tcp", "-noreset"],
         pass_fds=(write_end,),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

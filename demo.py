@@ -75,9 +75,9 @@ def print_benchmark(pipeline: Path, autoencoder: Path, num_samples: int) -> None
           flush=True)
     ours = {**benchmark(autoencoder, 64), **benchmark(pipeline, num_samples)}
     reference: dict[str, float] = {}
-    if (REFERENCE / "benchmark.json").is_file():
-        reference = json.loads((REFERENCE / "benchmark.json").read_text())["summary"]["all"]
-        reference.update(json.loads((REFERENCE / "autoencoder.json").read_text())["summary"]["all"])
+    for name in ("benchmark.json", "autoencoder.json"):  # written by scripts/ship_reference.py
+        if (REFERENCE / name).is_file():
+            reference.update(json.loads((REFERENCE / name).read_text())["summary"]["all"])
     print(f"  {'figure':32s} {'this run':>9s} {'reference':>10s}")
     for key, name in FIGURES.items():
         ref = f"{reference[key]:10.3f}" if key in reference else f"{'-':>10s}"

@@ -54,6 +54,16 @@ def tiny_autoencoder(layout: str) -> torch.nn.Module:
     return PerLayerAutoencoder(**TINY_AE)
 
 
+def save_training_assets(root: Path) -> Path:
+    """The tiny per-layer autoencoder (``root/ae``) and text encoder (``root/te``, width 16)
+    that the diffusion LightningModule tests load by path; seeded, so every test file gets
+    the same weights. Returns ``root``."""
+    torch.manual_seed(0)
+    PerLayerAutoencoder(**TINY_AE).save_pretrained(root / "ae")
+    build_tiny_text_encoder(root / "te", vocabulary(), hidden_size=16, num_layers=1, max_length=16)
+    return root
+
+
 def tiny_pipeline(tmp_path: Path, layout: str = "layers") -> LayeredDiffusionPipeline:
     """Tiny pipeline, eval mode, CPU, for a latent ``layout``.
 

@@ -13,12 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.plugins.precision import MixedPrecision
+from pipeline_components import save_training_assets
 from test_lit_autoencoder import TINY_AE
 from test_lit_diffusion import UNET_CONFIG
 
 from layergen.data import LayeredDataModule
 from layergen.data.labels import QualityLabelsDataModule, append_label
-from layergen.data.shapes import ShapeScenes, vocabulary
+from layergen.data.shapes import ShapeScenes
 from layergen.data.shards import write_shards
 from layergen.layers import LayeredBatch
 from layergen.lit.autoencoder import LayeredAutoencoderModule
@@ -26,9 +27,8 @@ from layergen.lit.callbacks import SavePretrained
 from layergen.lit.classifier import QualityClassifierModule
 from layergen.lit.diffusion import LayeredDiffusionModule
 from layergen.losses.image_loss import kl_loss
-from layergen.models import LayeredAutoencoder, LayeredUNet, PerLayerAutoencoder
+from layergen.models import LayeredAutoencoder, LayeredUNet
 from layergen.models.autoencoder_outputs import LayeredDiagonalGaussian
-from layergen.models.text_encoder import build_tiny_text_encoder
 
 # bf16 keeps 8 bits of mantissa (relative step 2^-8 = 0.4 %); a loss summed over a few
 # thousand bf16 activations through a tiny network lands within a few per cent of fp32
@@ -137,12 +137,7 @@ def test_autoencoder_with_gan_trains_under_bf16_mixed(tmp_path):
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("bf16")
-    torch.manual_seed(0)
-    PerLayerAutoencoder(
-        latent_channels=4, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
-        mid_block_add_attention=False,
-    ).save_pretrained(root / "ae")
-    build_tiny_text_encoder(root / "te", vocabulary(), hidden_size=16, num_layers=1, max_length=16)
+    save_training_assets(root)
     return root
 
 

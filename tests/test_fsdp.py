@@ -26,13 +26,10 @@ import torch
 import yaml
 from lightning.pytorch.plugins.precision import FSDPPrecision
 from lightning.pytorch.strategies import FSDPStrategy
+from pipeline_components import save_training_assets
 from safetensors.torch import load_file
 from test_lit_diffusion import UNET_CONFIG
 from torch.distributed.fsdp import MixedPrecision
-
-from layergen.data.shapes import vocabulary
-from layergen.models import PerLayerAutoencoder
-from layergen.models.text_encoder import build_tiny_text_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -87,12 +84,7 @@ class CPUFSDPPrecision(FSDPPrecision):
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
     root = tmp_path_factory.mktemp("fsdp")
-    torch.manual_seed(0)
-    PerLayerAutoencoder(
-        latent_channels=4, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
-        mid_block_add_attention=False,
-    ).save_pretrained(root / "ae")
-    build_tiny_text_encoder(root / "te", vocabulary(), hidden_size=16, num_layers=1, max_length=16)
+    save_training_assets(root)
     config = {
         "seed_everything": 0,
         "trainer": {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_steps": 3,

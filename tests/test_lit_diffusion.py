@@ -9,22 +9,21 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from pipeline_components import save_training_assets
 
 from layergen.cli import cli_main
 from layergen.data import cache_latents as cache_latents_command
 from layergen.data.latents import LatentDataModule
-from layergen.data.shapes import ShapeScenes, vocabulary
+from layergen.data.shapes import ShapeScenes
 from layergen.data.shards import read_shards, write_shards
 from layergen.layers import LayeredBatch
 from layergen.lit.diffusion import LayeredDiffusionModule
 from layergen.models import (
     LayeredUNet,
-    PerLayerAutoencoder,
     StackedSDAutoencoder,
     load_autoencoder,
 )
 from layergen.models.autoencoder_outputs import latent_layer_index
-from layergen.models.text_encoder import build_tiny_text_encoder
 
 UNET_CONFIG = dict(
     sample_size=16,
@@ -43,12 +42,7 @@ UNET_CONFIG = dict(
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("diffusion")
-    torch.manual_seed(0)
-    PerLayerAutoencoder(
-        latent_channels=4, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
-        mid_block_add_attention=False,
-    ).save_pretrained(root / "ae")
-    build_tiny_text_encoder(root / "te", vocabulary(), hidden_size=16, num_layers=1, max_length=16)
+    save_training_assets(root)
     return root
 
 

@@ -21,14 +21,13 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+from pipeline_components import save_training_assets
 from safetensors.torch import load_file
 from test_configs import ParseOnlyCLI
 from test_lit_diffusion import UNET_CONFIG
 
-from layergen.data.shapes import ShapeScenes, vocabulary
+from layergen.data.shapes import ShapeScenes
 from layergen.data.shards import write_shards
-from layergen.models import PerLayerAutoencoder
-from layergen.models.text_encoder import build_tiny_text_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -111,12 +110,7 @@ def records(directory: Path) -> list[dict]:
 def setup(tmp_path_factory):
     """A tiny diffusion config (the model config the scripts compose) on 4 shards of 2 scenes."""
     root = tmp_path_factory.mktemp("multinode")
-    torch.manual_seed(0)
-    PerLayerAutoencoder(
-        latent_channels=4, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
-        mid_block_add_attention=False,
-    ).save_pretrained(root / "ae")
-    build_tiny_text_encoder(root / "te", vocabulary(), hidden_size=16, num_layers=1, max_length=16)
+    save_training_assets(root)
     scenes = ShapeScenes(size=32, min_foregrounds=1, max_foregrounds=2, length=8)
     shards = write_shards(scenes, root / "shards", shard_size=2)
     config = {

@@ -47,3 +47,18 @@ def test_shipped_weights_reach_their_figures():
     for name in ATTRIBUTES:
         got, want = measured["summary"]["all"][name], written["summary"]["all"][name]
         assert got >= want - TOLERANCE, f"{name}: {got:.3f} < {want:.3f} written in check.json"
+
+
+def test_demo_prints_its_benchmark_beside_the_reference(monkeypatch, capsys):
+    sys.path.insert(0, str(ROOT))
+    import demo
+
+    ours = {key: 0.5 for key in demo.FIGURES}
+    monkeypatch.setattr(demo, "benchmark", lambda model, num_samples: ours)
+    demo.print_benchmark(Path("pipe"), Path("ae"), 32)
+    lines = capsys.readouterr().out.splitlines()
+    record = json.loads((REFERENCE / "reference.json").read_text())
+    shape = next(line for line in lines if line.strip().startswith("layer shape"))
+    assert shape.split()[-2:] == ["0.500", f"{record['figures']['shape_acc']:.3f}"]
+    psnr = next(line for line in lines if "composite PSNR" in line)
+    assert psnr.split()[-1] == f"{record['autoencoder_figures']['psnr_composite']:.3f}"

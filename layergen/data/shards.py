@@ -213,6 +213,18 @@ def _handle(exn: ShardError, on_error: str, counter: SkipCounter | None) -> None
         counter.add(exn.reason, exn.shard, exn.key, exn.detail)
 
 
+def _open_tar(stream: Any) -> tarfile.TarFile:
+    """``tarfile.open`` in stream mode; a gzip header cut short is a ``tarfile.ReadError``.
+
+    (CPython's ``tarfile`` reads the gzip flag byte with ``ord()``, which raises ``TypeError``
+    when the file ends right after the magic and method bytes, ``1f 8b 08``.)
+    """
+    try:
+        return tarfile.open(fileobj=stream, mode="r|*")
+    except TypeError as exn:
+        raise tarfile.ReadError(f"truncated gzip header ({exn})") from exn
+
+
 class TarSamples:
     """Pipeline stage: ``{"url"}`` dicts -> grouped tar members ``{"__key__", "__url__", ...}``.
 
@@ -239,7 +251,7 @@ class TarSamples:
         skipped = False  # the current sample was counted as a skip: do not yield it
         stream = wds.gopen(url)
         try:
-            with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            with _open_tar(stream) as tar:
                 for info in tar:
                     if not info.isreg():
                         continue

@@ -83,6 +83,25 @@ def test_resume_refuses_other_settings(tmp_path):
             check_resume(tmp_path, EvaluationSettings(model="a", steps=2, **change))
 
 
+def test_run_json_is_written_atomically(tmp_path, monkeypatch):
+    check_resume(tmp_path, EvaluationSettings(model="a", steps=2))
+    before = (tmp_path / "run.json").read_text()
+
+    def killed(*args):  # the process dies after writing the temporary, before the rename
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("layergen.atomic.os.replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        check_resume(tmp_path, EvaluationSettings(model="a", steps=2, num_samples=8))
+    monkeypatch.undo()
+    assert (tmp_path / "run.json").read_text() == before
+    # a kill -9 mid-write leaves a partial temporary: ignored, then replaced
+    (tmp_path / ".run.json.tmp").write_text('{"mod')
+    check_resume(tmp_path, EvaluationSettings(model="a", steps=2))
+    assert json.loads((tmp_path / "run.json").read_text())["steps"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+
+
 def test_resume_refuses_samples_of_other_prompts(tmp_path):
     def never_called(**kwargs):
         raise AssertionError("nothing should be generated")

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from layergen.atomic import write_text_atomic
 from layergen.layers import LayeredImage
 from layergen.metrics.breakdown import Breakdown, layer_group, markdown_table
 from layergen.metrics.clip_score import DEFAULT_CLIP_MODEL, CLIPScorer
@@ -190,7 +191,7 @@ def check_resume(out: Path, settings: EvaluationSettings) -> None:
                     f"this run asks for {record[key]!r}; use another --out or the same settings"
                 )
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2))
+    write_text_atomic(path, json.dumps(record, indent=2))
 
 
 def generate_missing(

@@ -4,6 +4,7 @@ import io
 import json
 import logging
 import os
+import re
 import tarfile
 
 import pytest
@@ -63,7 +64,7 @@ CASES = {
     "wrong_layer_prompts": (
         lambda m: m.__setitem__(
             "json",
-            m["json"].replace(b'"layer_prompts": ["the background", ', b'"layer_prompts": ['),
+            re.sub(rb'"layer_prompts": \["[^"]*", ', b'"layer_prompts": [', m["json"]),
         ),
         "invalid_sample",
     ),

@@ -44,7 +44,7 @@ def test_generate_psd_ora_and_folder(model_dir, tmp_path, monkeypatch):
         tmp_path / "dir",
     )
     psd, ora, folder = (load_layered(tmp_path / n) for n in ("a.psd", "a.ora", "dir"))
-    assert psd.layer_prompts == ora.layer_prompts == ["the background", "a large red star"]
+    assert psd.layer_prompts == ora.layer_prompts == ["a blue plain background", "a large red star"]
     assert folder.num_layers == 3 and folder.prompt == PROMPT
     # same seed -> same image, whatever the format
     assert (psd.composite() - ora.composite()).abs().max() <= 2 / 255

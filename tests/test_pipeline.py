@@ -21,7 +21,7 @@ from layergen.pipelines import (
 PROMPT = (
     "a large red star on the left and a small blue circle in the center on a green plain background"
 )
-LAYERS = [BACKGROUND_PROMPT, "a large red star", "a small blue circle"]
+LAYERS = ["a green plain background", "a large red star", "a small blue circle"]
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_num_layers_without_layer_prompts(pipe):
     out = run(pipe, prompt=PROMPT, num_layers=4)
     image = out.images[0]
     assert image.num_layers == 4 and image.num_foregrounds == 3
-    assert image.layer_prompts == [BACKGROUND_PROMPT, "", "", ""]
+    assert image.layer_prompts == ["a green plain background", "", "", ""]
     doc = LayeredDiffusionPipeline.__call__.__doc__
     assert "num_layers: number of layers including the background, L = K + 1" in doc
 
@@ -112,7 +112,7 @@ def test_auto_layer_prompts_and_determinism(pipe):
 def test_text2layer_joint_mode(joint_pipe):
     out = run(joint_pipe, prompt=["a large red star on a blue plain background"] * 2)
     assert [im.num_layers for im in out.images] == [2, 2]
-    assert out.images[0].layer_prompts == [BACKGROUND_PROMPT, ""]
+    assert out.images[0].layer_prompts == ["a blue plain background", ""]
     with pytest.raises(ValueError, match="exactly L = 2 layers"):
         run(joint_pipe, prompt=PROMPT, layer_prompts=LAYERS)
 
@@ -419,8 +419,19 @@ def test_derive_layer_prompts():
         "a small gray hexagon in the center, a small black circle on the right and a large "
         "brown cross in the top left on a purple noisy background",
         spacy_model=None,
-    ) == [BACKGROUND_PROMPT, "a small gray hexagon", "a small black circle", "a large brown cross"]
+    ) == [
+        "a purple noisy background",
+        "a small gray hexagon",
+        "a small black circle",
+        "a large brown cross",
+    ]
     assert derive_layer_prompts("a red car and a tree against a blue sky", spacy_model=None) == [
+        "a blue sky",
+        "a red car",
+        "a tree",
+    ]
+    # a caption naming no background: LayerDiff's fixed background prompt
+    assert derive_layer_prompts("a red car and a tree.", spacy_model=None) == [
         BACKGROUND_PROMPT,
         "a red car",
         "a tree",

@@ -17,7 +17,6 @@ from layergen.data.shapes import (
     shape_alpha,
     vocabulary,
 )
-from layergen.layers import BACKGROUND_PROMPT
 
 
 def test_vocabulary_sizes_meet_the_spec():
@@ -107,7 +106,7 @@ def test_metadata_layer_prompts_and_caption_agree():
         meta, k = image.metadata, image.num_foregrounds
         ks.add(k)
         assert len(meta["foregrounds"]) == k and meta["split"] == "train" and meta["index"] == i
-        assert image.layer_prompts[0] == BACKGROUND_PROMPT
+        assert image.layer_prompts[0] == meta["background"]["description"]
         bg = meta["background"]
         assert bg["family"] in BACKGROUND_FAMILIES
         assert bg["description"] == describe_background(bg["family"], bg["colors"])

@@ -16,9 +16,11 @@ The scene "as rendered" is the painter's algorithm over the straight alphas; it 
 layered composite ``(1 - sum_i m_i) B + sum_i m_i F_i`` (LayerDiff eq. 1).
 
 Captions come from a small grammar: layer prompts ``"a large red star"``, the background's
-layer prompt is ``BACKGROUND_PROMPT`` and the global prompt lists every shape with its
-position followed by the background's description, e.g. ``"a large red star on the left and
-a small blue circle at the top on a green and white striped background"``.
+layer prompt is its description (``"a green and white striped background"``; LayerDiff's
+fixed ``BACKGROUND_PROMPT`` left the background's family and colours to the global prompt
+alone, docs/demo_recipe.md) and the global prompt lists every shape with its position
+followed by the background's description, e.g. ``"a large red star on the left and a small
+blue circle at the top on a green and white striped background"``.
 """
 
 from __future__ import annotations
@@ -301,7 +303,7 @@ class Scene:
         colors: ``(K, 3)`` float32 in [0, 1], the flat colour of each foreground.
         alphas: ``(K, H, W)`` float32 straight alphas in [0, 1], back to front.
         prompt: global prompt.
-        layer_prompts: ``K + 1`` strings, index 0 ``BACKGROUND_PROMPT``.
+        layer_prompts: ``K + 1`` strings, index 0 the background's description.
         metadata: ground-truth attributes (JSON-serialisable).
     """
 
@@ -412,7 +414,7 @@ def sample_scene(
         colors=np.stack([_rgb(c) for c in fg_colors]),
         alphas=alphas,
         prompt=global_prompt(layer_prompts, positions, background_text),
-        layer_prompts=[BACKGROUND_PROMPT, *layer_prompts],
+        layer_prompts=[background_text, *layer_prompts],
         metadata=metadata,
     )
 

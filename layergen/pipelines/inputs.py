@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from layergen.layers import BACKGROUND_PROMPT
-from layergen.pipelines.layer_prompts import derive_layer_prompts
+from layergen.pipelines.layer_prompts import background_phrase, derive_layer_prompts
 from layergen.pipelines.outputs import OUTPUT_TYPES
 
 LayerPromptsArg = str | Sequence[str] | Sequence[Sequence[str]] | None
@@ -45,7 +45,8 @@ class LayeredInputsMixin:
             if count is None and self.uses_layer_prompts:
                 return [derive_layer_prompts(p) for p in prompts]
             count = count or 2
-            return [[BACKGROUND_PROMPT] + [""] * (count - 1) for _ in prompts]
+            backgrounds = [background_phrase(p) or BACKGROUND_PROMPT for p in prompts]
+            return [[b] + [""] * (count - 1) for b in backgrounds]
         layer_prompts = list(layer_prompts)
         if layer_prompts and all(isinstance(p, str) for p in layer_prompts):
             return [list(layer_prompts) for _ in prompts]

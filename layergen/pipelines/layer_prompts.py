@@ -5,6 +5,11 @@ LayerDiff parses noun phrases from the caption with spaCy and drops background p
 model (``en_core_web_sm`` by default) the same is done here; otherwise a rule-based parser
 handles captions of the form ``"<phrase> <where>, <phrase> <where> and <phrase> on
 <background>"`` (the synthetic-scene grammar and most short captions).
+
+The background layer's prompt is the caption's background phrase when it has one (``"a
+green striped background"``, as the synthetic scenes are captioned), else LayerDiff's
+``"the background"`` (3.2.1): with the fixed prompt the background's family and colours
+reach its layer only through the global prompt (docs/demo_recipe.md).
 """
 
 from __future__ import annotations
@@ -54,6 +59,24 @@ def _is_background_phrase(phrase: str) -> bool:
     )
 
 
+def _split_background_clause(text: str) -> tuple[str, str | None]:
+    """``(foreground part, background phrase or None)`` of a normalised caption."""
+    for match in reversed(list(_BACKGROUND_CLAUSE_RE.finditer(text))):
+        if set(text[match.end() :].lower().split()) & BACKGROUND_WORDS:
+            article = match.group(0).split()[-1]
+            return text[: match.start()], f"{article} {text[match.end():]}"
+    return text, None
+
+
+def background_phrase(prompt: str) -> str | None:
+    """The caption's trailing background clause without its preposition, or None.
+
+    ``"a red star on the left on a green striped background"`` -> ``"a green striped
+    background"``; ``"a red car against a blue sky"`` -> ``"a blue sky"``.
+    """
+    return _split_background_clause(" ".join(prompt.strip().rstrip(".").split()))[1]
+
+
 def rule_based_noun_phrases(prompt: str) -> list[str]:
     """Foreground noun phrases of a caption without a parser.
 
@@ -61,11 +84,7 @@ def rule_based_noun_phrases(prompt: str) -> list[str]:
     rest on commas and "and", and cuts each part at its first preposition
     (``"a large red star on the left"`` -> ``"a large red star"``).
     """
-    text = " ".join(prompt.strip().rstrip(".").split())
-    for match in reversed(list(_BACKGROUND_CLAUSE_RE.finditer(text))):
-        if set(text[match.end() :].lower().split()) & BACKGROUND_WORDS:
-            text = text[: match.start()]
-            break
+    text, _ = _split_background_clause(" ".join(prompt.strip().rstrip(".").split()))
     phrases = []
     for part in _LIST_SPLIT_RE.split(text):
         head = _PREPOSITION_RE.split(" " + part.strip() + " ", maxsplit=1)[0].strip()
@@ -95,7 +114,7 @@ def spacy_noun_phrases(nlp: Any, prompt: str) -> list[str]:
 
 
 def derive_layer_prompts(prompt: str, spacy_model: str | None = SPACY_MODEL) -> list[str]:
-    """Layer prompts for a global prompt: ``["the background", phrase_1, ..., phrase_K]``.
+    """Layer prompts for a global prompt: ``[background, phrase_1, ..., phrase_K]``.
 
     Args:
         prompt: the global caption.
@@ -103,8 +122,10 @@ def derive_layer_prompts(prompt: str, spacy_model: str | None = SPACY_MODEL) -> 
             parser.
 
     Returns:
-        ``K + 1`` layer prompts, index 0 ``BACKGROUND_PROMPT``, foregrounds in caption order
-        (first mentioned = back-most; the synthetic grammar lists shapes back to front).
+        ``K + 1`` layer prompts: index 0 the caption's background phrase
+        (:func:`background_phrase`) or ``BACKGROUND_PROMPT`` when it names none, then the
+        foregrounds in caption order (first mentioned = back-most; the synthetic grammar
+        lists shapes back to front).
 
     Raises:
         ValueError: when no foreground phrase can be found (the message names the prompt).
@@ -118,4 +139,4 @@ def derive_layer_prompts(prompt: str, spacy_model: str | None = SPACY_MODEL) -> 
             f"layer_prompts='auto': no foreground noun phrase found in prompt {prompt!r}; "
             "pass layer prompts explicitly"
         )
-    return [BACKGROUND_PROMPT, *phrases]
+    return [background_phrase(prompt) or BACKGROUND_PROMPT, *phrases]

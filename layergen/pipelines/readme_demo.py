@@ -36,6 +36,7 @@ from layergen.export import save_contact_sheet, save_layered
 from layergen.layers import BACKGROUND_PROMPT, LayeredImage
 from layergen.models.text_encoder import build_tiny_text_encoder
 from layergen.pipelines.colour_check import ColourCheck, layer_colour_accuracy, named_colour
+from layergen.pipelines.layer_prompts import background_phrase
 from layergen.pipelines.layered_diffusion import LayeredDiffusionPipeline
 
 logger = logging.getLogger(__name__)
@@ -165,11 +166,15 @@ def demo_edits(
         generator=torch.Generator().manual_seed(seed),
     ).images[0]
     background_colours = [c for c in ("yellow", "blue", "pink", "green") if c not in taken][:2]
+    background_prompt = replace_background_phrase(image.prompt, background_colours)
     new_background = pipe.edit(
         image,
         keep=list(range(1, image.num_layers)),
-        layer_prompts=[BACKGROUND_PROMPT, *image.layer_prompts[1:]],
-        prompt=replace_background_phrase(image.prompt, background_colours),
+        layer_prompts=[
+            background_phrase(background_prompt) or BACKGROUND_PROMPT,
+            *image.layer_prompts[1:],
+        ],
+        prompt=background_prompt,
         num_inference_steps=steps,
         guidance_scale=guidance,
         generator=torch.Generator().manual_seed(seed),

@@ -438,12 +438,25 @@ def test_derive_layer_prompts():
     ]
 
 
-def test_spacy_noun_phrases_filter_background_and_positions():
+def test_spacy_noun_phrases_filter_background_and_positions(monkeypatch):
     """The spaCy path keeps object noun chunks (a stub stands in for an installed model)."""
     from types import SimpleNamespace
 
-    from layergen.pipelines.layer_prompts import spacy_noun_phrases
+    from layergen.phrases import NounPhraseExtractor
+    from layergen.pipelines import layer_prompts
 
     chunks = ["a large red star", "the left", "a small blue circle", "a green plain background"]
-    nlp = lambda text: SimpleNamespace(noun_chunks=[SimpleNamespace(text=c) for c in chunks])  # noqa: E731
-    assert spacy_noun_phrases(nlp, PROMPT) == ["a large red star", "a small blue circle"]
+    extractor = NounPhraseExtractor(spacy_model=None)
+    extractor._nlp = lambda text: SimpleNamespace(
+        noun_chunks=[SimpleNamespace(text=c) for c in chunks]
+    )
+    monkeypatch.setattr(layer_prompts, "_extractor", lambda model: extractor)
+    assert derive_layer_prompts(PROMPT, spacy_model="stub") == LAYERS
+
+
+def test_derived_layer_prompts_are_the_training_layer_prompts():
+    """On the synthetic grammar, "auto" recovers exactly the layer prompts scenes train with."""
+    scenes = ShapeScenes(size=32, min_foregrounds=1, max_foregrounds=3, split="val", length=300)
+    for i in range(len(scenes)):
+        scene = scenes.scene(i)
+        assert derive_layer_prompts(scene.prompt, spacy_model=None) == scene.layer_prompts

@@ -47,7 +47,7 @@ from layergen.synthesis.layering import (
     mask_depths,
     saliency_overlap,
 )
-from layergen.synthesis.phrases import (
+from layergen.phrases import (
     BackgroundWordFilter,
     NounPhraseExtractor,
     rule_based_noun_phrases,

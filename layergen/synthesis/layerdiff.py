@@ -42,7 +42,7 @@ from layergen.synthesis.layering import (
     LayeringStage,
     LayerSelectionStage,
 )
-from layergen.synthesis.phrases import (
+from layergen.phrases import (
     DEFAULT_BACKGROUND_WORDS,
     BackgroundWordFilter,
     NounPhraseExtractor,

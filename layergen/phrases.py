@@ -3,7 +3,9 @@
 LayerDiff sec. 3.3 and appendix A.2: the caption (the global prompt) is parsed into noun
 phrases with spaCy; phrases that describe the background rather than an object ("the
 lighting", "white background", "the floor", ...) are removed by a manual list; what is
-left are the candidate layer prompts handed to the open-vocabulary detector.
+left are the candidate layer prompts handed to the open-vocabulary detector (synthesis) or
+to the foreground layers (the pipeline's ``layer_prompts="auto"``). The one parser of the
+project: training data and inference derive layer prompts the same way.
 
 spaCy is used when it and a model (``en_core_web_sm`` by default) are installed; otherwise
 a rule-based chunker splits the caption at prepositions, conjunctions, common verbs and
@@ -104,6 +106,12 @@ DEFAULT_BACKGROUND_WORDS = (
     "landscape",
     "area",
     "space",
+)
+
+# Background terms that name a place in the frame, not the backdrop ("on the left").
+POSITION_WORDS = frozenset(
+    "left right top bottom center centre middle side corner edge foreground front back "
+    "distance".split()
 )
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*|[^\sa-z0-9]")
@@ -214,3 +222,16 @@ class BackgroundWordFilter:
             seen.add(core)
             kept.append(phrase)
         return kept
+
+    def background_phrase(self, phrases: Sequence[str]) -> str | None:
+        """The last phrase that describes the backdrop itself, or None.
+
+        A background phrase that names a place ("the left", "the top right corner") is
+        skipped: ``["a red star", "the left", "a green striped background"]`` -> ``"a green
+        striped background"``; ``["a red car", "a blue sky"]`` -> ``"a blue sky"``.
+        """
+        for phrase in reversed(phrases):
+            words = strip_determiners(phrase).split()
+            if words and words[-1] not in POSITION_WORDS and self.is_background(phrase):
+                return phrase
+        return None

@@ -23,7 +23,6 @@ from layergen.models import (
     StackedSDAutoencoder,
     load_autoencoder,
 )
-from layergen.models.autoencoder_outputs import latent_layer_index
 
 UNET_CONFIG = dict(
     sample_size=16,
@@ -55,14 +54,6 @@ def make_module(assets, **kwargs):
 def scene_batch(n=2):
     scenes = ShapeScenes(size=32, min_foregrounds=1, max_foregrounds=2, seed=0, length=n)
     return LayeredBatch.collate([scenes[i] for i in range(n)], num_layers=3)
-
-
-def test_latent_layer_index():
-    assert latent_layer_index(3, 3).tolist() == [0, 1, 2]
-    assert latent_layer_index(3, 1).tolist() == [0]
-    assert latent_layer_index(3, 5).tolist() == [0, 1, 2, 1, 2]
-    with pytest.raises(ValueError, match="cannot map 4 latent layers"):
-        latent_layer_index(3, 4)
 
 
 def test_timestep_sampling_shares(assets):

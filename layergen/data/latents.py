@@ -38,28 +38,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from layergen import limits
 from layergen.data.sharding import samples_per_worker, shard_stages
+from layergen.latent_layout import PACKINGS, LatentLayout
 from layergen.layers import LayeredBatch, LayeredImage
 from layergen.models.text_encoder import encode_prompts
 
 logger = logging.getLogger(__name__)
 
 LATENTS_FIELD = "latents.safetensors"
-
-
-def pad_latent_layers(latents: Tensor, num_layers: int, target_layers: int) -> Tensor:
-    """Pad ``(L', C, h, w)`` latents of ``num_layers`` layers to ``target_layers`` with zeros.
-
-    Per-layer latents (``L' = L``) are padded at the end; stacked SD-AE latents
-    (``L' = 2L - 1``: images, then foreground masks) are padded in both groups; a joint
-    latent (``L' = 1``) is returned as is.
-    """
-    latent_layers = latents.shape[0]
-    if latent_layers == 1 and num_layers != 1:
-        return latents
-    zeros = latents.new_zeros((target_layers - num_layers, *latents.shape[1:]))
-    if latent_layers == num_layers:
-        return torch.cat([latents, zeros])
-    return torch.cat([latents[:num_layers], zeros, latents[num_layers:], zeros])
 
 
 @dataclass
@@ -108,7 +93,8 @@ class LatentBatch:
             n = s["layer_prompt_embeds"].shape[0]
             if n > num_layers:
                 raise ValueError(f"sample {s['key']}: {n} layers exceed num_layers = {num_layers}")
-            latents.append(pad_latent_layers(s["latents"], n, num_layers))
+            layout = LatentLayout.infer(n, s["latents"].shape[0])
+            latents.append(layout.pad(s["latents"], n, num_layers))
             pad = empty_embedding.to(s["layer_prompt_embeds"].dtype).expand(num_layers - n, -1, -1)
             layer_embeds.append(torch.cat([s["layer_prompt_embeds"], pad]))
             valid.append(torch.arange(num_layers) < n)
@@ -178,7 +164,7 @@ def _check_latent_sample(meta: Any, tensors: dict[str, Tensor]) -> dict[str, Any
     )
     if (
         latents.ndim != 4
-        or latents.shape[0] not in (1, n, 2 * n - 1)
+        or latents.shape[0] not in {LatentLayout(p).latent_layers(n) for p in PACKINGS}
         or embeds.ndim != 2
         or tuple(layer_embeds.shape) != (n, *embeds.shape)
     ):
@@ -209,18 +195,15 @@ def encode_latent_samples(
     latents = autoencoder.encode(
         batch.images.to(device), batch.masks.to(device), batch.layer_valid.to(device)
     ).latent_dist.mode()
-    full_layers, latent_layers = batch.layer_valid.shape[1], latents.shape[1]
+    full_layers = batch.layer_valid.shape[1]
+    layout = LatentLayout.infer(full_layers, latents.shape[1])
     texts = list(batch.prompts) + [p for lp in batch.layer_prompts for p in lp]
     embeds = encode_prompts(tokenizer, text_encoder, texts).half().cpu()
     layer_embeds = embeds[len(samples) :].unflatten(0, (len(samples), full_layers))
     out = []
     for b, sample in enumerate(samples):
         n = sample.num_layers
-        z = latents[b].float().cpu()
-        if latent_layers == 2 * full_layers - 1:
-            z = torch.cat([z[:n], z[full_layers : full_layers + n - 1]])
-        elif latent_layers == full_layers:
-            z = z[:n]
+        z = layout.unpad(latents[b].float().cpu(), n, full_layers)
         out.append(
             {
                 "key": str(sample.metadata.get("key", sample.metadata.get("index", b))),

@@ -35,8 +35,8 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from layergen.data.latents import LatentBatch
+from layergen.latent_layout import LatentLayout
 from layergen.layers import LayeredBatch
-from layergen.models.autoencoder_outputs import latent_layer_index
 from layergen.models.layered_unet import LayeredUNet, build_layered_unet
 from layergen.models.loading import load_autoencoder
 from layergen.models.text_encoder import encode_prompts, load_text_encoder
@@ -235,7 +235,7 @@ class LayeredDiffusionModule(pl.LightningModule):
         latents, cond, layer_cond, layer_valid = self.prepare_batch(batch)
         batch_size, latent_layers = latents.shape[:2]
         num_layers = layer_valid.shape[1]
-        index = latent_layer_index(num_layers, latent_layers).to(self.device)
+        index = LatentLayout.infer(num_layers, latent_layers).layer_index(num_layers).to(self.device)
         if train:
             cond, layer_cond = self.drop_conditions(cond, layer_cond)
         t = self.sample_timesteps(batch_size, num_layers, generator)

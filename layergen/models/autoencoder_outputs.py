@@ -1,8 +1,7 @@
 """Outputs shared by the layered autoencoders: a layered Gaussian posterior and two dataclasses.
 
-Latents of every layered autoencoder are shaped ``(B, L', C, h, w)`` (DESIGN section 1):
-``L' = 1`` for the joint CaT²I-AE (Text2Layer IV-B), ``L' = L`` for the per-layer autoencoder
-(LayerDiff's layout) and ``L' = 2L - 1`` for the stacked SD-AE baseline (Text2Layer eq. 6).
+Latents of every layered autoencoder are shaped ``(B, L', C, h, w)`` (DESIGN section 1);
+how L layers are packed into ``L'`` latent layers is :class:`layergen.latent_layout.LatentLayout`.
 """
 
 from __future__ import annotations
@@ -16,24 +15,6 @@ from torch import Tensor
 
 LOGVAR_MIN = -30.0
 LOGVAR_MAX = 20.0
-
-
-def latent_layer_index(num_layers: int, latent_layers: int) -> Tensor:
-    """The layer each latent layer belongs to, ``(L',)`` long.
-
-    ``L' = L`` (per-layer autoencoder), ``1`` (joint: one latent, reported as layer 0) or
-    ``2L - 1`` (stacked SD-AE: L layer images, then the masks of layers 1..L-1).
-
-    Raises:
-        ValueError: for any other ``L'``.
-    """
-    if latent_layers == num_layers:
-        return torch.arange(num_layers)
-    if latent_layers == 1:
-        return torch.zeros(1, dtype=torch.long)
-    if latent_layers == 2 * num_layers - 1:
-        return torch.cat([torch.arange(num_layers), torch.arange(1, num_layers)])
-    raise ValueError(f"cannot map {latent_layers} latent layers onto {num_layers} layers")
 
 
 class LayeredDiagonalGaussian:

@@ -20,7 +20,8 @@ Options:
   features into the image features after the input conv (appendix A.1).
 - ``layer_blocks=False``: the plain SD UNet (Text2Layer's CaT²I-AE-SD, ``L = 1`` joint
   latent); layer prompts are ignored.
-- ``latent_layout``: how the autoencoder's ``(B, L', C, h, w)`` latents map to layers.
+- ``latent_layout``: how the UNet reads the autoencoder's ``(B, L', C, h, w)`` latents (their
+  packing is :class:`~layergen.latent_layout.LatentLayout`).
   "layers": one latent per layer (``PerLayerAutoencoder``; ``LayeredAutoencoder`` with
   ``L' = 1``). "stacked": ``StackedSDAutoencoder``'s ``L' = 2L - 1`` latents (L layer
   images, then the K foreground masks) are regrouped into ``(B, L, 2C, h, w)`` image + mask
@@ -44,6 +45,7 @@ from diffusers.models.attention import BasicTransformerBlock
 from diffusers.utils import BaseOutput
 from torch import Tensor, nn
 
+from layergen.latent_layout import COMPONENTS, LatentLayout
 from layergen.models.layer_attention import (
     LAYER_CONTEXT_KEY,
     LayerCollaborativeTransformerBlock,
@@ -339,16 +341,15 @@ class LayeredUNet(ModelMixin, ConfigMixin):
         layout = self.config.latent_layout
         if layout == "folded":
             # (B, L', C, h, w) -> (B, L'*C, h, w); one noise level per sample
-            x = sample.reshape(batch, latent_layers * channels, height, width)
-            out = self.unet(x, timesteps[:, 0], encoder_hidden_states).sample
-            return LayeredUNetOutput(sample=out.view(batch, latent_layers, -1, height, width))
+            out = self.unet(LatentLayout.fold(sample), timesteps[:, 0], encoder_hidden_states).sample
+            return LayeredUNetOutput(sample=LatentLayout.unfold(out, latent_layers))
         if layout == "stacked":
             # (B, 2L-1, C, h, w) -> (B, L, 2C, h, w): [image_i, mask_i], background mask zeros
-            num_layers = (latent_layers + 1) // 2
-            masks = torch.cat([torch.zeros_like(sample[:, :1]), sample[:, num_layers:]], dim=1)
-            sample = torch.cat([sample[:, :num_layers], masks], dim=2)
+            num_layers = COMPONENTS.num_layers(latent_layers)
+            sample = COMPONENTS.to_image_mask_pairs(sample)
             timesteps = timesteps[:, :num_layers]
-            # per-latent-layer validity / prompts (B, 2L-1, ...) -> per layer (B, L, ...)
+            # per-latent-layer validity / prompts (B, 2L-1, ...) -> per layer (B, L, ...):
+            # latent layer i < L is layer i's image
             if layer_valid is not None and layer_valid.shape[1] == latent_layers:
                 layer_valid = layer_valid[:, :num_layers]
             if layer_hidden_states is not None and layer_hidden_states.shape[1] == latent_layers:
@@ -358,7 +359,7 @@ class LayeredUNet(ModelMixin, ConfigMixin):
         )
         if layout == "stacked":
             # (B, L, 2C, h, w) -> (B, 2L-1, C, h, w)
-            out = torch.cat([out[:, :, :channels], out[:, 1:, channels:]], dim=1)
+            out = COMPONENTS.from_image_mask_pairs(out)
         return LayeredUNetOutput(sample=out)
 
     def _forward_layers(

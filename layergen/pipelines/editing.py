@@ -15,7 +15,7 @@ Unset steps, guidance and strength come from the pipeline's sampling recipe (Lay
 Editing needs one latent layer (or more) per layer, each with its own timestep: the
 per-layer latents of ``PerLayerAutoencoder`` (``L' = L``) or the stacked SD-AE latents of
 ``StackedSDAutoencoder`` (``L' = 2L - 1``: layer ``i`` owns image latent ``i`` and, for a
-foreground, mask latent ``L - 1 + i``; :func:`latent_layer_index`). A joint latent (one
+foreground, mask latent ``L - 1 + i``: ``LatentLayout.layer_index``). A joint latent (one
 latent for all layers, Text2Layer's CaT²I-AE) or a UNet that folds the latent layers into
 its channels (one timestep for all) cannot hold some layers fixed.
 
@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from layergen.latent_layout import LatentLayout
 from layergen.layers import LayeredImage
-from layergen.models.autoencoder_outputs import latent_layer_index
 
 if TYPE_CHECKING:
     from layergen.pipelines.layered_diffusion import LayeredPipelineOutput
@@ -160,7 +160,8 @@ class LayeredEditingMixin:
         # 2. clean latents of the input layers; which latent layers stay fixed
         clean = self.encode_layers(image, num_layers)  # (1, L', C, h, w)
         kept = torch.tensor([i in set(keep) for i in range(num_layers)])  # (L,)
-        fixed = kept[latent_layer_index(num_layers, clean.shape[1])][None].to(device)  # (1, L')
+        index = LatentLayout.infer(num_layers, clean.shape[1]).layer_index(num_layers)  # (L',)
+        fixed = kept[index][None].to(device)  # (1, L')
         # 3. timesteps: the whole schedule, or its last `strength` fraction when restyling
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps

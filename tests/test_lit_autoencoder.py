@@ -17,8 +17,9 @@ from layergen.cli import cli_main
 from layergen.data.shapes import ShapeScenes
 from layergen.data.shards import write_shards
 from layergen.layers import LayeredBatch
-from layergen.lit.autoencoder import LayeredAutoencoderModule, mask_iou
+from layergen.lit.autoencoder import LayeredAutoencoderModule
 from layergen.lit.callbacks import layered_grid
+from layergen.metrics.mask_iou import mask_iou
 from layergen.models import LayeredAutoencoder, PerLayerAutoencoder, load_autoencoder
 
 ROOT = Path(__file__).resolve().parents[1]

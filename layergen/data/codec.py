@@ -77,7 +77,8 @@ class ShardError(LayeredImageError):
 # ----------------------------------------------------------------------------------------
 
 
-def _png(array: np.ndarray) -> bytes:
+def png_bytes(array: np.ndarray) -> bytes:
+    """A PNG file of a ``(H, W)`` or ``(H, W, C)`` uint8 array."""
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -132,14 +133,14 @@ def encode_sample(sample: LayeredImage, key: str, mask_bits: int = 8) -> dict[st
         "metadata": meta,
     }
     out: dict[str, Any] = {"__key__": key}
-    out["composite.png"] = _png(unit_to_uint8(chw_to_hwc(to_unit(sample.composite()))))
+    out["composite.png"] = png_bytes(unit_to_uint8(chw_to_hwc(to_unit(sample.composite()))))
     if sample.image is not None:
-        out["image.png"] = _png(unit_to_uint8(chw_to_hwc(to_unit(sample.image))))
-    out["background.png"] = _png(unit_to_uint8(chw_to_hwc(to_unit(sample.background))))
+        out["image.png"] = png_bytes(unit_to_uint8(chw_to_hwc(to_unit(sample.image))))
+    out["background.png"] = png_bytes(unit_to_uint8(chw_to_hwc(to_unit(sample.background))))
     for i, fg in enumerate(sample.foregrounds):
-        out[f"fg_{i}.png"] = _png(unit_to_uint8(chw_to_hwc(to_unit(fg))))
+        out[f"fg_{i}.png"] = png_bytes(unit_to_uint8(chw_to_hwc(to_unit(fg))))
     for i, mask in enumerate(quantize_masks(sample.masks, mask_bits)):
-        out[f"mask_{i}.png"] = _png(mask)
+        out[f"mask_{i}.png"] = png_bytes(mask)
     out["json"] = json.dumps(record, ensure_ascii=False).encode("utf-8")
     return out
 

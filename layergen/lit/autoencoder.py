@@ -35,6 +35,7 @@ from layergen.losses.adversarial import (
 from layergen.losses.image_loss import image_loss, kl_loss
 from layergen.losses.lpips import load_lpips
 from layergen.losses.mask_loss import mask_loss
+from layergen.metrics.mask_iou import mask_iou
 from layergen.models.autoencoder_body import LayeredAutoencoderBase
 from layergen.models.autoencoder_outputs import LayeredDecoderOutput
 from layergen.models.discriminator import PatchDiscriminator
@@ -43,14 +44,6 @@ from layergen.models.layered_autoencoder import LayeredAutoencoder
 logger = logging.getLogger(__name__)
 
 LR_SCHEDULES = ("constant", "cosine")
-
-
-def mask_iou(pred: Tensor, target: Tensor, threshold: float = 0.5) -> Tensor:
-    """IoU of masks binarised at ``threshold``; ``(..., 1, H, W)`` -> ``(...)`` (1 if both empty)."""
-    p, t = pred > threshold, target > threshold
-    inter = (p & t).flatten(-3).sum(-1).float()
-    union = (p | t).flatten(-3).sum(-1).float()
-    return torch.where(union > 0, inter / union.clamp_min(1.0), torch.ones_like(union))
 
 
 class LayeredAutoencoderModule(pl.LightningModule):

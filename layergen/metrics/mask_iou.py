@@ -28,19 +28,20 @@ def mask_iou(pred: Tensor, target: Tensor, threshold: float = IOU_THRESHOLD) -> 
     """IoU of masks binarised at ``threshold``.
 
     Args:
-        pred: ``(N, 1, H, W)`` (or ``(N, H, W)``) in [0, 1].
+        pred: ``(..., 1, H, W)`` (or ``(N, H, W)``) in [0, 1], e.g. ``(B, L, 1, H, W)``.
         target: same shape, in [0, 1].
         threshold: a pixel is foreground when its value is ``> threshold``.
 
     Returns:
-        ``(N,)`` IoU in [0, 1]; 1 where both masks are empty.
+        ``(...)`` (``(N,)``) IoU in [0, 1]; 1 where both masks are empty.
     """
     if pred.shape != target.shape:
         raise ValueError(f"pred, target: shapes differ, {tuple(pred.shape)} vs {tuple(target.shape)}")
-    a = (pred > threshold).flatten(1)
-    b = (target > threshold).flatten(1)
-    intersection = (a & b).sum(1).float()
-    union = (a | b).sum(1).float()
+    pixel_dims = 2 if pred.dim() == 3 else 3
+    a = (pred > threshold).flatten(-pixel_dims)
+    b = (target > threshold).flatten(-pixel_dims)
+    intersection = (a & b).sum(-1).float()
+    union = (a | b).sum(-1).float()
     return torch.where(union > 0, intersection / union.clamp(min=1), torch.ones_like(union))
 
 

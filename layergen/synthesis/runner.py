@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -31,16 +30,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 import torch.distributed as dist
 import webdataset as wds
 from lightning.pytorch.callbacks import BasePredictionWriter
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from layergen import limits
-from layergen.data.codec import ShardError
+from layergen.data.codec import ShardError, png_bytes
 from layergen.layers import chw_to_hwc, to_unit, unit_to_uint8
 from layergen.synthesis.base import SynthesisChain, SynthesisRecord, SynthesisStats
 from layergen.synthesis.inputs import InputShard, decode_record, iter_raw_samples, list_input_shards
@@ -445,12 +442,6 @@ def summarize(output_dir: str) -> dict[str, Any]:
     }
 
 
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _encode_kept(record: SynthesisRecord) -> dict[str, Any]:
     from layergen.data.shards import encode_sample
 
@@ -465,7 +456,7 @@ def _encode_reject(record: SynthesisRecord) -> dict[str, Any]:
         "txt": record.caption,
     }
     if record.image is not None:
-        sample["image.png"] = _png(unit_to_uint8(chw_to_hwc(to_unit(record.image.float().cpu()))))
+        sample["image.png"] = png_bytes(unit_to_uint8(chw_to_hwc(to_unit(record.image.float().cpu()))))
     if record.masks is not None:
-        sample["mask.png"] = _png(unit_to_uint8(record.masks[0, 0].float().cpu()))
+        sample["mask.png"] = png_bytes(unit_to_uint8(record.masks[0, 0].float().cpu()))
     return sample

@@ -41,7 +41,11 @@ def benchmark(model: Path, num_samples: int, seed: int = 0) -> dict:
 
 
 def copy_pipeline(run: Path, out: Path) -> None:
-    """Copy the weights, configs, tokenizer files and loader module of a saved pipeline."""
+    """Copy the weights, configs, tokenizer files and loader module of a saved pipeline.
+
+    Configs lose ``_name_or_path``: diffusers records where a component was loaded from,
+    a path of the machine that trained it, which has no place in shipped files.
+    """
     if out.exists():
         shutil.rmtree(out)
     for path in sorted(run.rglob("*")):
@@ -49,6 +53,10 @@ def copy_pipeline(run: Path, out: Path) -> None:
             target = out / path.relative_to(run)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
+            if path.suffix == ".json":
+                config = json.loads(target.read_text())
+                if isinstance(config, dict) and config.pop("_name_or_path", None) is not None:
+                    target.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

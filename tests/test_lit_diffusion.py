@@ -113,6 +113,35 @@ def test_clean_layers_are_clean_and_excluded_from_the_loss(assets, monkeypatch):
     assert sampled.any()
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_weighting(assets, monkeypatch, prediction_type):
+    module = make_module(assets, snr_gamma=5.0, prediction_type=prediction_type,
+                         global_dropout=0.0, layer_dropout=0.0)
+    t = torch.tensor([[0, 10, 999], [500, 500, 500]])
+    alpha_bar = module.noise_scheduler.alphas_cumprod[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    expected = snr.clamp(max=5.0) / (snr + 1 if prediction_type == "v_prediction" else snr)
+    torch.testing.assert_close(module.min_snr_weight(t), expected.float())
+    # the loss is the weighted mean over valid noisy layers, normalised by their count
+    batch = scene_batch()
+    monkeypatch.setattr(module, "sample_timesteps", lambda b, n, generator=None: t[:b, :n])
+    seen = {}
+
+    def spy(sample, timestep, cond, layer_cond, layer_valid):
+        seen["pred"] = torch.zeros_like(sample)
+        return type("Out", (), {"sample": seen["pred"]})()
+
+    loss = module.diffusion_loss(spy, batch, generator=torch.Generator().manual_seed(0), train=False)
+    latents, *_ = module.prepare_batch(batch)
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+    flat = (latents.flatten(0, 1), noise.flatten(0, 1), t.flatten())
+    target = module.noise_scheduler.get_velocity(*flat) if prediction_type == "v_prediction" else flat[1]
+    error = target.view_as(latents).pow(2).mean(dim=(2, 3, 4))  # the spy predicts zeros
+    valid = batch.layer_valid.float()
+    expected_loss = (error * expected * valid).sum() / valid.sum()
+    torch.testing.assert_close(loss, expected_loss.float())
+
+
 def test_fit_resume_and_export(assets, tmp_path):
     config = {
         "seed_everything": 0,

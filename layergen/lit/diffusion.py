@@ -14,7 +14,8 @@ on the latents of a frozen layered autoencoder, conditioned on a frozen CLIP tex
 - in ``clean_layers_prob`` of the samples a random subset of the valid layers is given
   clean (timestep 0, exact latents) and excluded from the loss, so the model can generate
   missing layers given the others (layer inpainting);
-- MSE over valid, noisy latent layers only; EMA weights for validation and export.
+- MSE over valid, noisy latent layers only, optionally weighted by min-SNR-gamma (Hang et
+  al. 2023, diffusers' ``compute_snr``); EMA weights for validation and export.
 
 Batches are ``LayeredBatch`` (images, encoded on the fly) or ``LatentBatch`` (cached
 latents and text embeddings, :mod:`layergen.data.latents`).
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.optimization import get_scheduler
+from diffusers.training_utils import compute_snr
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -67,6 +69,8 @@ class LayeredDiffusionModule(pl.LightningModule):
         shared_timestep_prob: share of samples with one timestep for all layers.
         global_dropout, layer_dropout: condition dropout rates.
         clean_layers_prob: share of samples with a clean, loss-free subset of layers.
+        snr_gamma: min-SNR loss weighting ``min(SNR_t, gamma) / SNR_t`` (epsilon) or
+            ``/ (SNR_t + 1)`` (v-prediction); None: unweighted MSE (the papers' loss).
         lr, weight_decay, warmup_steps, betas: AdamW and linear warm-up.
         lr_schedule: after the warm-up, ``"constant"`` or ``"cosine"`` (decay to 0 at the
             Trainer's ``max_steps``; diffusers' ``get_scheduler`` names).
@@ -103,6 +107,7 @@ class LayeredDiffusionModule(pl.LightningModule):
         global_dropout: float = 0.1,
         layer_dropout: float = 0.1,
         clean_layers_prob: float = 0.0,
+        snr_gamma: float | None = None,
         lr: float = 1e-5,
         weight_decay: float = 1e-4,
         warmup_steps: int = 500,
@@ -253,8 +258,19 @@ class LayeredDiffusionModule(pl.LightningModule):
             target = noise
         pred = unet(noisy, t_latent, cond, layer_cond, layer_valid).sample
         error = (pred.float() - target.float()).pow(2).mean(dim=(2, 3, 4))  # (B, L')
-        weight = (valid_latent & ~clean_latent).float()
-        return (error * weight).sum() / weight.sum().clamp_min(1.0)
+        noisy_valid = (valid_latent & ~clean_latent).float()
+        weight = noisy_valid
+        if self.hparams.snr_gamma is not None:
+            weight = weight * self.min_snr_weight(t_latent)
+        return (error * weight).sum() / noisy_valid.sum().clamp_min(1.0)
+
+    def min_snr_weight(self, timesteps: Tensor) -> Tensor:
+        """Min-SNR-gamma loss weights of integer ``timesteps`` (any shape), same shape."""
+        snr = compute_snr(self.noise_scheduler, timesteps.flatten()).view_as(timesteps).float()
+        clipped = snr.clamp(max=self.hparams.snr_gamma)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            return clipped / (snr + 1)
+        return clipped / snr.clamp_min(1e-8)
 
     def training_step(self, batch: LayeredBatch | LatentBatch, batch_idx: int) -> Tensor:
         loss = self.diffusion_loss(self.unet, batch)

@@ -10,7 +10,7 @@ and resumed: keys already in the file for this kind are not shown again.
 The server serves four fixed routes and no files, so no path reaches outside its data. It
 refuses request bodies over ``MAX_BODY_BYTES`` unread, requests from another web site
 (an ``Origin`` other than the server's own) and, while bound to a loopback address,
-requests for another host name (DNS rebinding). The page puts no data into its HTML:
+requests for another host name (DNS rebinding): :mod:`layergen.local_server`. The page puts no data into its HTML:
 prompts and keys reach it as JSON and are shown with ``textContent``, and every reply
 carries ``nosniff`` and a content security policy.
 """
@@ -20,12 +20,10 @@ from __future__ import annotations
 import html
 import io
 import json
-import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from ipaddress import ip_address
+from http.server import HTTPServer
 from urllib.parse import urlparse
 
 import numpy as np
@@ -34,18 +32,10 @@ from PIL import Image
 from layergen import limits
 from layergen.data.labels import KINDS, append_label, assign_split, read_label_lines
 from layergen.layers import LayeredImage, LayeredImageError, chw_to_hwc, to_unit, unit_to_uint8
-
-logger = logging.getLogger(__name__)
+from layergen.local_server import make_local_server
 
 ANSWERS = {"g": 1, "b": 0, "s": None}
 MAX_BODY_BYTES = 64 * 1024  # a label answer is a few dozen bytes
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self' 'unsafe-inline'; "
-        "style-src 'unsafe-inline'; frame-ancestors 'none'"
-    ),
-}
 
 GUIDES = {
     "mask": (
@@ -234,66 +224,14 @@ class LabellingSession:
         return HTTPStatus.NOT_FOUND, "text/plain", b"not found"
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 def make_server(session: LabellingSession, host: str = "127.0.0.1", port: int = 8765) -> HTTPServer:
     """An ``HTTPServer`` (one request at a time) serving ``session``; port 0 picks a free one.
 
     Bound to a loopback address (the default), it answers only requests for a loopback host
-    name; bound to another address (labelling over a network), any host name.
+    name; bound to another address (labelling over a network), any host name
+    (:func:`layergen.local_server.make_local_server`).
     """
-    local_only = _is_loopback(host)
-
-    class Handler(BaseHTTPRequestHandler):
-        timeout = 30  # seconds a client may take to send its request
-
-        def _send(self, status: int, content_type: str, payload: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(payload)))
-            self.send_header("Cache-Control", "no-store")
-            for name, value in SECURITY_HEADERS.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def _refuse(self, status: int, reason: str) -> None:
-            self.close_connection = True  # an unread body must not be taken for a request
-            self._send(status, "text/plain; charset=utf-8", reason.encode())
-
-        def _reply(self, method: str, body: bytes = b"") -> None:
-            host = self.headers.get("Host", "")
-            origin = self.headers.get("Origin")
-            if local_only and not _is_loopback(urlparse(f"//{host}").hostname or ""):
-                self._refuse(HTTPStatus.FORBIDDEN, f"host name {host!r} is not this server's")
-            elif origin is not None and urlparse(origin).netloc != host:
-                self._refuse(HTTPStatus.FORBIDDEN, "requests from other web sites are refused")
-            else:
-                self._send(*session.handle(method, self.path, body))
-
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            self._reply("GET")
-
-        def do_POST(self) -> None:  # noqa: N802
-            length = self.headers.get("Content-Length", "")
-            if not length.isdigit():
-                self._refuse(HTTPStatus.LENGTH_REQUIRED, "a POST needs a Content-Length")
-            elif int(length) > MAX_BODY_BYTES:
-                self._refuse(
-                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body over {MAX_BODY_BYTES} bytes"
-                )
-            else:
-                self._reply("POST", self.rfile.read(int(length)))
-
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            logger.debug(format, *args)
-
-    return HTTPServer((host, port), Handler)
+    return make_local_server(session.handle, host, port, MAX_BODY_BYTES)
 
 
 PAGE = """<!doctype html>

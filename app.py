@@ -48,7 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--port", type=int, default=7860, help="port (default: 7860; 0: a free one)"
     )
     add_device_arguments(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not Path(args.model).exists() and args.model.count("/") != 1:
+        parser.error(
+            f"--model {args.model}: no such pipeline directory or checkpoint (nor a hub id)"
+        )
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -314,7 +314,9 @@ def request(server, method, path, body=b"", headers=None):
 def test_bound_to_loopback_by_default(session):
     app = runpy.run_path(str(ROOT / "app.py"))  # not as __main__: nothing is served
     assert inspect.signature(make_app_server).parameters["host"].default == "127.0.0.1"
-    assert app["parse_args"]([]).host == "127.0.0.1"
+    assert app["parse_args"](["--model", str(ROOT)]).host == "127.0.0.1"
+    with pytest.raises(SystemExit, match="2"):  # a missing model: a usage error, no hub look-up
+        app["parse_args"](["--model", "nowhere"])
     server = make_app_server(session, port=0)
     try:
         assert server.server_address[0] == "127.0.0.1"

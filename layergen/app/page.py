@@ -16,7 +16,8 @@ input[type=number] { width: 6em; }
 #prompt { width: 38em; max-width: 100%; }
 #layer-prompts { width: 38em; max-width: 100%; height: 4.5em; }
 #status { min-height: 1.4em; color: #444; } #status.error { color: #b00; font-weight: bold; }
-main { display: flex; gap: 1.5em; flex-wrap: wrap; align-items: flex-start; }
+main { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }
+#composite-panel { width: 260px; }
 .picture { width: 256px; height: 256px; image-rendering: pixelated; border: 1px solid #bbb; }
 .thumb { width: 96px; height: 96px; image-rendering: pixelated; border: 1px solid #bbb; }
 .rgba { background: repeating-conic-gradient(#ccc 0 25%, #fff 0 50%) 0 0 / 16px 16px; }
@@ -43,7 +44,7 @@ main { display: flex; gap: 1.5em; flex-wrap: wrap; align-items: flex-start; }
 </fieldset>
 <p id="status"></p>
 <main>
-<section><h3>Composite</h3><img id="composite" class="picture" alt="composite">
+<section id="composite-panel"><h3>Composite</h3><img id="composite" class="picture" alt="composite">
 <p id="doc-prompt"></p><p id="last"></p>
 <p id="downloads" class="off">Download:
 <a id="download-psd" href="/download/layered.psd" download>PSD</a>

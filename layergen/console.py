@@ -1,7 +1,7 @@
 """Console output of layergen's scripts: one line per message, progress lines, no noise.
 
 Only the entry points (``demo.py``, ``train.py``, ``generate.py``, ``evaluate.py``,
-``decompose.py``) call :func:`configure_console`; importing layergen leaves a library user's
+``decompose.py``, ``app.py``) call :func:`configure_console`; importing layergen leaves a library user's
 logging and warnings filters as they are.
 
 What it fixes: ``import lightning`` adds a handler of its own ("INFO: Seed set to 0") besides

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ENTRY_POINTS = ["train.py", "demo.py", "generate.py", "evaluate.py", "decompose.py", "synthesize.py"]
+ENTRY_POINTS = [
+    "train.py", "demo.py", "generate.py", "evaluate.py", "decompose.py", "synthesize.py", "app.py",
+]
 PROBE = "import layergen.openmp, os, torch; print(os.environ.get('GOMP_SPINCOUNT'))"
 
 

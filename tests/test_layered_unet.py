@@ -253,3 +253,25 @@ def test_pipeline_saved_with_the_old_block_placement_is_refused(tmp_path):
     save_file(old, path)
     with pytest.raises(ValueError, match="re-train|retrain"):
         LayeredUNet.from_pretrained(tmp_path / "unet")
+
+
+def test_pooled_layer_prompt_class_embedding():
+    """class_embed_type 'projection': each layer's enhanced prompt, mean over its tokens, is the
+    UNet's class label, so a layer prompt changes that layer alone (inter-layer attention is
+    zero at init, and so is text-guided intra-layer attention: the class embedding is the
+    only path here)."""
+    config = {**UNET_CONFIG, "class_embed_type": "projection", "projection_class_embeddings_input_dim": D}
+    torch.manual_seed(0)
+    model = LayeredUNet(config, prompt_enhancer="none", prompt_enhancer_heads=2).eval()
+    x, t, g, lh = inputs()
+    changed = lh.clone()
+    changed[:, 1] += 1.0
+    with torch.no_grad():
+        out = model(x, t, g, lh).sample
+        out_changed = model(x, t, g, changed).sample
+        pooled = model.pooled_prompts(lh.flatten(0, 1))
+    torch.testing.assert_close(pooled, lh.flatten(0, 1).mean(dim=1))
+    diff = (out_changed - out).abs().amax(dim=(2, 3, 4))  # (B, L)
+    assert (diff[:, 1] > 1e-3).all() and (diff[:, [0, 2]] == 0).all()
+    plain = LayeredUNet(UNET_CONFIG, prompt_enhancer="none", prompt_enhancer_heads=2)
+    assert plain.pooled_prompts(lh.flatten(0, 1)) is None

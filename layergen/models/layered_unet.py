@@ -30,6 +30,13 @@ Options:
   latent layers are stacked along channels, ``# (B, L', C, h, w) -> (B, L'*C, h, w)``, for
   one plain UNet (the SD-AE-UNet baselines of Text2Layer section IV-C, eq. 6); the UNet's
   ``in_channels`` must equal ``L'*C`` and the timestep of latent layer 0 is used for all.
+- a UNet config with ``class_embed_type: projection`` (and
+  ``projection_class_embeddings_input_dim`` = the text width): each layer's enhanced prompt
+  (the global prompt without layer blocks),
+  mean-pooled over its tokens, is given as diffusers' ``class_labels``, so that its embedding is
+  added to the timestep embedding and reaches every ResNet at every resolution, not only the
+  attention blocks (:meth:`LayeredUNet.pooled_prompts`). Off in the SD configs; the demo uses
+  it (docs/demo_recipe.md).
 """
 
 from __future__ import annotations
@@ -341,7 +348,10 @@ class LayeredUNet(ModelMixin, ConfigMixin):
         layout = self.config.latent_layout
         if layout == "folded":
             # (B, L', C, h, w) -> (B, L'*C, h, w); one noise level per sample
-            out = self.unet(LatentLayout.fold(sample), timesteps[:, 0], encoder_hidden_states).sample
+            out = self.unet(
+                LatentLayout.fold(sample), timesteps[:, 0], encoder_hidden_states,
+                class_labels=self.pooled_prompts(encoder_hidden_states),
+            ).sample
             return LayeredUNetOutput(sample=LatentLayout.unfold(out, latent_layers))
         if layout == "stacked":
             # (B, 2L-1, C, h, w) -> (B, L, 2C, h, w): [image_i, mask_i], background mask zeros
@@ -362,6 +372,13 @@ class LayeredUNet(ModelMixin, ConfigMixin):
             out = COMPONENTS.from_image_mask_pairs(out)
         return LayeredUNetOutput(sample=out)
 
+    def pooled_prompts(self, hidden_states: Tensor) -> Tensor | None:
+        """``(N, S, D)`` prompt embeddings -> ``(N, D)`` token means, the UNet's ``class_labels``
+        when its config has ``class_embed_type: projection``; else None (no class embedding)."""
+        if self.unet.config.class_embed_type != "projection":
+            return None
+        return hidden_states.mean(dim=1)
+
     def _forward_layers(
         self,
         sample: Tensor,
@@ -379,10 +396,12 @@ class LayeredUNet(ModelMixin, ConfigMixin):
         # (B, S, D) -> (B*L, S, D)
         context = encoder_hidden_states.repeat_interleave(num_layers, dim=0)
         kwargs = None
+        prompts = context  # what the class embedding pools: (B*L, S, D)
         if self.layer_prompt_enhancer is not None:
             if layer_hidden_states is None:
                 layer_hidden_states = encoder_hidden_states[:, None].expand(batch, num_layers, -1, -1)
             enhanced = self.layer_prompt_enhancer(layer_hidden_states, encoder_hidden_states, layer_valid)
+            prompts = enhanced.flatten(0, 1)
             kwargs = {
                 LAYER_CONTEXT_KEY: LayerContext(
                     num_layers=num_layers,
@@ -391,7 +410,11 @@ class LayeredUNet(ModelMixin, ConfigMixin):
                     layer_valid=layer_valid,
                 )
             }
-        out = self.unet(x, timesteps.reshape(-1), context, cross_attention_kwargs=kwargs).sample
+        out = self.unet(
+            x, timesteps.reshape(-1), context,
+            class_labels=self.pooled_prompts(prompts),
+            cross_attention_kwargs=kwargs,
+        ).sample
         # (B*L, C, h, w) -> (B, L, C, h, w)
         return out.view(batch, num_layers, -1, height, width)
 

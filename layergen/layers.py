@@ -106,6 +106,24 @@ def composite_layers(images: Tensor, masks: Tensor) -> Tensor:
     return background_weight * background + (fg_masks * foregrounds).sum(dim=-4)
 
 
+def mask_boxes(masks: Tensor, threshold: float = 0.5) -> Tensor:
+    """Bounding boxes of masks: ``(..., 1, H, W)`` in [0, 1] -> ``(..., 4)`` ``(x0, y0, x1, y1)``
+    in [0, 1] (pixel edges over the side) of ``mask > threshold``; NaN where it is empty."""
+    inside = masks[..., 0, :, :] > threshold  # (..., H, W)
+    height, width = inside.shape[-2:]
+    rows, cols = inside.any(dim=-1), inside.any(dim=-2)  # (..., H), (..., W)
+
+    def span(hit: Tensor, size: int) -> tuple[Tensor, Tensor]:
+        index = torch.arange(size, device=hit.device)
+        first = torch.where(hit, index, size).amin(dim=-1)
+        last = torch.where(hit, index, -1).amax(dim=-1)
+        return first.float() / size, (last + 1).float() / size
+
+    (y0, y1), (x0, x1) = span(rows, height), span(cols, width)
+    boxes = torch.stack([x0, y0, x1, y1], dim=-1)
+    return torch.where(rows.any(dim=-1)[..., None], boxes, float("nan"))
+
+
 def background_mask(fg_masks: Tensor) -> Tensor:
     """Visible region of the background, ``m_b = 1 - sum_i m_i`` (clamped to [0, 1]).
 

@@ -275,3 +275,49 @@ def test_pooled_layer_prompt_class_embedding():
     assert (diff[:, 1] > 1e-3).all() and (diff[:, [0, 2]] == 0).all()
     plain = LayeredUNet(UNET_CONFIG, prompt_enhancer="none", prompt_enhancer_heads=2)
     assert plain.pooled_prompts(lh.flatten(0, 1)) is None
+
+
+def test_box_maps_inside_outside_and_missing():
+    from layergen.models.layered_unet import box_maps
+
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.25], [float("nan")] * 4]])  # (1, 2, 4)
+    maps = box_maps(boxes, 1, 2, 4, 4)  # cell centres 0.125, 0.375, ...
+    assert maps.shape == (1, 2, 1, 4, 4)
+    expected = -torch.ones(4, 4)
+    expected[0, :2] = 1.0  # y centre 0.125 <= 0.25, x centres 0.125, 0.375 <= 0.5
+    torch.testing.assert_close(maps[0, 0, 0], expected)
+    assert (maps[0, 1] == 0).all()
+    assert (box_maps(None, 1, 2, 4, 4) == 0).all()
+    with pytest.raises(ValueError, match="layer_boxes must be"):
+        box_maps(boxes[:, :1], 1, 2, 4, 4)
+
+
+def test_conditions_start_at_zero_and_carry_over_from_a_saved_model(tmp_path):
+    """A conditioned model made from a saved one first predicts what the saved one does,
+    composite or boxes given or not; once its condition conv is trained, they matter."""
+    torch.manual_seed(0)
+    saved = LayeredUNet(UNET_CONFIG, mask_channels=0, prompt_enhancer_heads=2).eval()
+    randomise_new_modules(saved)
+    saved.save_pretrained(tmp_path / "unet")
+    model = LayeredUNet.from_layered_unet(
+        str(tmp_path / "unet"), composite_condition=True, box_condition=True
+    ).eval()
+    assert model.condition_channels == 4 + 1 + 1
+    x, t, g, lh = inputs()
+    composite = torch.randn(B, 4, 8, 8)
+    boxes = torch.rand(B, L, 4).sort(dim=-1).values
+    with torch.no_grad():
+        ref = saved(x, t, g, lh).sample
+        torch.testing.assert_close(model(x, t, g, lh).sample, ref)
+        torch.testing.assert_close(model(x, t, g, lh, composite_latents=composite,
+                                         layer_boxes=boxes).sample, ref)
+        model.unet.conv_in.cond_conv.weight.normal_()
+        with_composite = model(x, t, g, lh, composite_latents=composite).sample
+        composite[1] = float("nan")  # sample 1: no composite
+        partly = model(x, t, g, lh, composite_latents=composite).sample
+        without = model(x, t, g, lh).sample
+    assert not torch.allclose(with_composite, without)
+    torch.testing.assert_close(partly[0], with_composite[0])
+    torch.testing.assert_close(partly[1], without[1])
+    with pytest.raises(ValueError, match="built without"):
+        saved(x, t, g, lh, composite_latents=composite)

@@ -92,7 +92,7 @@ def test_clean_layers_are_clean_and_excluded_from_the_loss(assets, monkeypatch):
     monkeypatch.setattr(module, "sample_clean_layers", lambda valid, generator=None: clean & valid)
     seen = {}
 
-    def spy(sample, timestep, cond, layer_cond, layer_valid):
+    def spy(sample, timestep, cond, layer_cond, layer_valid, **image_conditions):
         seen.update(sample=sample, timestep=timestep, valid=layer_valid)
         seen["pred"] = torch.zeros_like(sample, requires_grad=True)
         return type("Out", (), {"sample": seen["pred"]})()
@@ -127,7 +127,7 @@ def test_min_snr_weighting(assets, monkeypatch, prediction_type):
     monkeypatch.setattr(module, "sample_timesteps", lambda b, n, generator=None: t[:b, :n])
     seen = {}
 
-    def spy(sample, timestep, cond, layer_cond, layer_valid):
+    def spy(sample, timestep, cond, layer_cond, layer_valid, **image_conditions):
         seen["pred"] = torch.zeros_like(sample)
         return type("Out", (), {"sample": seen["pred"]})()
 
@@ -241,6 +241,8 @@ def test_scene_latents_in_memory_equal_the_streamed_batches(assets, tmp_path):
     assert len(val) == 1 and val[0].keys == reference.keys[:4]  # unshuffled, last partial dropped
     torch.testing.assert_close(val[0].latents, reference.latents[:4])
     torch.testing.assert_close(val[0].layer_prompt_embeds, reference.layer_prompt_embeds[:4])
+    torch.testing.assert_close(val[0].composite_latents, reference.composite_latents[:4])
+    torch.testing.assert_close(val[0].layer_boxes, reference.layer_boxes[:4], equal_nan=True)
     train = memory.train_dataloader()
     train.sampler.set_epoch(0)
     first = [b.keys for b in train]
@@ -356,3 +358,55 @@ def test_cosine_lr_schedule_needs_max_steps(assets):
     module.trainer = type("Trainer", (), {"max_steps": -1})()
     with pytest.raises(ValueError, match="max_steps"):
         module.configure_optimizers()
+
+
+def test_image_conditions_cached_like_images_dropped_and_fine_tuned_from_a_saved_unet(assets, tmp_path):
+    """Issue 19: the cache holds each scene's composite latent and layer boxes, equal to the
+    ones computed from the images; dropout NaNs whole composites and single boxes; a module
+    started from a saved UNet (unet_init) first predicts what it does; its checkpoint
+    re-creates the conditioned UNet."""
+    from layergen.pipelines.checkpoints import unet_from_checkpoint
+
+    scenes = ShapeScenes(size=32, min_foregrounds=1, max_foregrounds=2, seed=0, length=4)
+    shards = write_shards(scenes, tmp_path / "shards", shard_size=4)
+    cache_latents_command.main([
+        "--shards", shards[0], "--out", str(tmp_path / "latents"), "--autoencoder", str(assets / "ae"),
+        "--text-encoder", str(assets / "te"), "--batch-size", "3",
+    ])
+    path = str(next((tmp_path / "latents").glob("*.tar")))
+    data = LatentDataModule(path, str(assets / "te"), val_shards=path, batch_size=4, shuffle_buffer=0)
+    data.setup("fit")
+    batch = next(iter(data.val_dataloader()))
+    plain = make_module(assets)
+    plain.unet.save_pretrained(tmp_path / "unet")
+    module = make_module(assets, unet_config=None, unet_init=str(tmp_path / "unet"),
+                         composite_condition=True, box_condition=True)
+    images = LayeredBatch.collate(list(read_shards(shards)), num_layers=3)
+    cached_composite, cached_boxes = module.image_conditions(batch, train=False)
+    direct_composite, direct_boxes = module.image_conditions(images, train=False)
+    assert cached_composite.shape == (4, 4, 16, 16)
+    torch.testing.assert_close(cached_composite, direct_composite, atol=1e-4, rtol=0)
+    torch.testing.assert_close(cached_boxes, direct_boxes, equal_nan=True)
+    assert (cached_boxes[:, 0] == torch.tensor([0.0, 0.0, 1.0, 1.0])).all()  # the background's
+    assert cached_boxes[~batch.layer_valid].isnan().all()
+    for name, layer in enumerate(scenes[0].masks):  # a foreground's box is its mask's
+        ys, xs = torch.nonzero(layer[0] > 0.5, as_tuple=True)
+        box = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]) / 32
+        torch.testing.assert_close(cached_boxes[0, 1 + name], box.float())
+    module.hparams.composite_dropout, module.hparams.box_dropout = 1.0, 0.0
+    composite, boxes = module.image_conditions(batch)
+    assert composite.isnan().all() and torch.equal(boxes.isnan(), cached_boxes.isnan())
+    # zero-initialised condition inputs: the fine-tuned module starts as the saved UNet
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        ref = plain.diffusion_loss(plain.unet, batch, generator=generator, train=False)
+        generator.manual_seed(0)
+        got = module.diffusion_loss(module.unet, batch, generator=generator, train=False)
+    torch.testing.assert_close(got, ref)
+    state = {f"unet.{k}": v for k, v in module.unet.state_dict().items()}
+    rebuilt = unet_from_checkpoint(dict(module.hparams), state)
+    assert rebuilt.config.composite_condition and rebuilt.config.box_condition
+    with pytest.raises(ValueError, match="no composite_latents"):
+        from dataclasses import replace
+
+        module.image_conditions(replace(batch, composite_latents=None))

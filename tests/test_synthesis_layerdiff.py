@@ -15,6 +15,11 @@ from torch import Tensor
 
 from layergen.data.shapes import ShapeScenes
 from layergen.layers import BACKGROUND_PROMPT, chw_to_hwc, to_unit, unit_to_uint8
+from layergen.phrases import (
+    BackgroundWordFilter,
+    NounPhraseExtractor,
+    rule_based_noun_phrases,
+)
 from layergen.synthesis.backends.captioning import (
     SourceCaption,
     TransformersCaptioning,
@@ -46,11 +51,6 @@ from layergen.synthesis.layering import (
     extract_layers,
     mask_depths,
     saliency_overlap,
-)
-from layergen.phrases import (
-    BackgroundWordFilter,
-    NounPhraseExtractor,
-    rule_based_noun_phrases,
 )
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synth" / "layerdiff.yaml"

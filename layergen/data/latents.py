@@ -7,7 +7,11 @@ latent shards, one tar member per field of a key:
 
 - ``{key}.latents.safetensors``: ``latents`` ``(L', C, h, w)`` (the posterior mode,
   *unscaled*: the diffusion module multiplies by ``scaling_factor``), ``prompt_embeds``
-  ``(S, D)`` and ``layer_prompt_embeds`` ``(L, S, D)`` (``T(y)``, ``T(p_i)``);
+  ``(S, D)`` and ``layer_prompt_embeds`` ``(L, S, D)`` (``T(y)``, ``T(p_i)``), and for
+  composite- and box-conditioned training ``composite_latents`` ``(C, h, w)`` (the composite
+  encoded as one layer, unscaled) and ``layer_boxes`` ``(L, 4)`` (:func:`~layergen.layers.mask_boxes`
+  of the layers' masks, the background's the whole frame); caches written before these
+  fields existed still load (the batch then has none);
 - ``{key}.json``: prompt, layer prompts, key.
 
 Each shard is written to a temporary file and renamed when complete; ``cache_progress.json``
@@ -39,12 +43,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from layergen import limits
 from layergen.data.sharding import samples_per_worker, shard_stages
 from layergen.latent_layout import PACKINGS, LatentLayout
-from layergen.layers import LayeredBatch, LayeredImage
+from layergen.layers import LayeredBatch, LayeredImage, composite_layers, mask_boxes
 from layergen.models.text_encoder import encode_prompts
 
 logger = logging.getLogger(__name__)
 
 LATENTS_FIELD = "latents.safetensors"
+# 2: composite_latents and layer_boxes; a cache of another version is encoded again
+CACHE_FIELDS_VERSION = 2
 
 
 @dataclass
@@ -56,6 +62,9 @@ class LatentBatch:
         prompt_embeds: ``(B, S, D)`` global-prompt embeddings.
         layer_prompt_embeds: ``(B, L, S, D)`` layer-prompt embeddings (padded layers: "").
         layer_valid: ``(B, L)`` bool.
+        composite_latents: ``(B, C, h, w)`` unscaled latents of the composites, or None.
+        layer_boxes: ``(B, L, 4)`` layer boxes in [0, 1] (padded layers and empty masks NaN),
+            or None.
         prompts: global prompts.
         layer_prompts: per sample ``L`` layer prompts, padded with "".
         keys: sample keys.
@@ -65,6 +74,8 @@ class LatentBatch:
     prompt_embeds: Tensor
     layer_prompt_embeds: Tensor
     layer_valid: Tensor
+    composite_latents: Tensor | None = None
+    layer_boxes: Tensor | None = None
     prompts: list[str] = field(default_factory=list)
     layer_prompts: list[list[str]] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
@@ -81,6 +92,9 @@ class LatentBatch:
             prompt_embeds=self.prompt_embeds.to(*args, **kwargs),
             layer_prompt_embeds=self.layer_prompt_embeds.to(*args, **kwargs),
             layer_valid=self.layer_valid.to(latents.device),
+            composite_latents=None if self.composite_latents is None
+            else self.composite_latents.to(*args, **kwargs),
+            layer_boxes=None if self.layer_boxes is None else self.layer_boxes.to(latents.device),
         )
 
     @classmethod
@@ -98,11 +112,21 @@ class LatentBatch:
             pad = empty_embedding.to(s["layer_prompt_embeds"].dtype).expand(num_layers - n, -1, -1)
             layer_embeds.append(torch.cat([s["layer_prompt_embeds"], pad]))
             valid.append(torch.arange(num_layers) < n)
+        composite, boxes = None, None
+        if all("composite_latents" in s for s in samples):
+            composite = torch.stack([s["composite_latents"] for s in samples]).float()
+        if all("layer_boxes" in s for s in samples):
+            nan = torch.full((num_layers, 4), float("nan"))
+            boxes = torch.stack(
+                [torch.cat([s["layer_boxes"].float(), nan[len(s["layer_boxes"]):]]) for s in samples]
+            )
         return cls(
             latents=torch.stack(latents).float(),
             prompt_embeds=torch.stack([s["prompt_embeds"] for s in samples]).float(),
             layer_prompt_embeds=torch.stack(layer_embeds).float(),
             layer_valid=torch.stack(valid),
+            composite_latents=composite,
+            layer_boxes=boxes,
             prompts=[s["prompt"] for s in samples],
             layer_prompts=[
                 s["layer_prompts"] + [""] * (num_layers - len(s["layer_prompts"])) for s in samples
@@ -173,13 +197,24 @@ def _check_latent_sample(meta: Any, tensors: dict[str, Tensor]) -> dict[str, Any
             f"C, h, w), prompt_embeds (S, D) and layer_prompt_embeds ({n}, S, D), got "
             f"{tuple(latents.shape)}, {tuple(embeds.shape)}, {tuple(layer_embeds.shape)}"
         )
-    return {
+    out = {
         "prompt": prompt,
         "layer_prompts": layer_prompts,
         "latents": latents,
         "prompt_embeds": embeds,
         "layer_prompt_embeds": layer_embeds,
     }
+    composite, boxes = tensors.get("composite_latents"), tensors.get("layer_boxes")
+    if composite is not None:
+        if tuple(composite.shape) != tuple(latents.shape[1:]):
+            raise ValueError(f"{LATENTS_FIELD}: composite_latents must be {tuple(latents.shape[1:])}, "
+                             f"got {tuple(composite.shape)}")
+        out["composite_latents"] = composite
+    if boxes is not None:
+        if tuple(boxes.shape) != (n, 4):
+            raise ValueError(f"{LATENTS_FIELD}: layer_boxes must be ({n}, 4), got {tuple(boxes.shape)}")
+        out["layer_boxes"] = boxes
+    return out
 
 
 @torch.no_grad()
@@ -197,6 +232,8 @@ def encode_latent_samples(
     ).latent_dist.mode()
     full_layers = batch.layer_valid.shape[1]
     layout = LatentLayout.infer(full_layers, latents.shape[1])
+    composites = encode_composites(autoencoder, batch.images.to(device), batch.masks.to(device)).cpu()
+    boxes = layer_boxes(batch.masks, batch.layer_valid)
     texts = list(batch.prompts) + [p for lp in batch.layer_prompts for p in lp]
     embeds = encode_prompts(tokenizer, text_encoder, texts).half().cpu()
     layer_embeds = embeds[len(samples) :].unflatten(0, (len(samples), full_layers))
@@ -212,9 +249,34 @@ def encode_latent_samples(
                 "latents": z.contiguous(),
                 "prompt_embeds": embeds[b].contiguous(),
                 "layer_prompt_embeds": layer_embeds[b, :n].contiguous(),
+                "composite_latents": composites[b].float().contiguous(),
+                "layer_boxes": boxes[b, :n].contiguous(),
             }
         )
     return out
+
+
+@torch.no_grad()
+def encode_composites(autoencoder: Any, images: Tensor, masks: Tensor) -> Tensor:
+    """The composites of a padded layered batch, each encoded as a one-layer image.
+
+    Args:
+        images: ``(B, L, 3, H, W)`` in [-1, 1]; masks: ``(B, L, 1, H, W)`` in [0, 1].
+
+    Returns:
+        ``(B, C, h, w)`` unscaled posterior modes (the composite condition's latents).
+    """
+    composite = composite_layers(images, masks)[:, None]  # (B, 1, 3, H, W)
+    ones = torch.ones_like(composite[:, :, :1])
+    return autoencoder.encode(composite, ones).latent_dist.mode()[:, 0]
+
+
+def layer_boxes(masks: Tensor, layer_valid: Tensor) -> Tensor:
+    """``(B, L, 4)`` boxes of a padded batch's layers: the background's the whole frame, a
+    foreground's that of its mask (:func:`~layergen.layers.mask_boxes`), padded layers NaN."""
+    boxes = mask_boxes(masks)
+    boxes[:, 0] = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    return torch.where(layer_valid[..., None], boxes, float("nan"))
 
 
 def write_latent_shards(
@@ -246,7 +308,8 @@ def write_latent_shards(
             paths.append(out_dir / f"{prefix}-{first_shard + len(paths):06d}.tar")
             tmp = paths[-1].with_suffix(".tar.tmp")
             writer = wds.TarWriter(str(tmp))
-        tensors = {k: s[k] for k in ("latents", "prompt_embeds", "layer_prompt_embeds")}
+        names = ("latents", "prompt_embeds", "layer_prompt_embeds", "composite_latents", "layer_boxes")
+        tensors = {k: s[k] for k in names if k in s}
         meta = {"prompt": s["prompt"], "layer_prompts": s["layer_prompts"], "key": s["key"]}
         writer.write(
             {
@@ -342,6 +405,7 @@ def cache_latents(
             "shards": shards,
             "source": source,
             "samples_per_shard": samples_per_shard,
+            "fields": CACHE_FIELDS_VERSION,
             "autoencoder": _fingerprint(autoencoder),
             "text_encoder": _fingerprint(text_encoder),
         }
@@ -434,6 +498,8 @@ class InMemoryLatents(Dataset):
             prompt_embeds=b.prompt_embeds[index],
             layer_prompt_embeds=b.layer_prompt_embeds[index],
             layer_valid=b.layer_valid[index],
+            composite_latents=None if b.composite_latents is None else b.composite_latents[index],
+            layer_boxes=None if b.layer_boxes is None else b.layer_boxes[index],
             prompts=[b.prompts[i] for i in indices],
             layer_prompts=[b.layer_prompts[i] for i in indices],
             keys=[b.keys[i] for i in indices],

@@ -14,6 +14,11 @@ on the latents of a frozen layered autoencoder, conditioned on a frozen CLIP tex
 - in ``clean_layers_prob`` of the samples a random subset of the valid layers is given
   clean (timestep 0, exact latents) and excluded from the loss, so the model can generate
   missing layers given the others (layer inpainting);
+- optional image conditions (issue 19): the composite's latent (``composite_condition``,
+  dropped in ``composite_dropout`` of the samples so that text to layers still works; where
+  it is kept, both prompts are dropped in ``composite_text_dropout`` of them, so that an
+  image decomposes without text) and the layers' boxes from their masks (``box_condition``,
+  each layer's dropped with ``box_dropout``);
 - MSE over valid, noisy latent layers only, optionally weighted by min-SNR-gamma (Hang et
   al. 2023, diffusers' ``compute_snr``); EMA weights for validation and export.
 
@@ -36,7 +41,7 @@ from diffusers.training_utils import compute_snr
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from layergen.data.latents import LatentBatch
+from layergen.data.latents import LatentBatch, encode_composites, layer_boxes
 from layergen.latent_layout import LatentLayout
 from layergen.layers import LayeredBatch
 from layergen.models.layered_unet import LayeredUNet, build_layered_unet
@@ -60,8 +65,13 @@ class LayeredDiffusionModule(pl.LightningModule):
         unet_config: a ``UNet2DConditionModel`` config for a UNet from scratch.
         unet_subfolder: sub-folder of ``unet_pretrained`` ("unet" for SD repositories).
         in_channels, out_channels: widen a pretrained UNet's convs (SD-AE-UNet (ft)).
+        unet_init: a saved ``LayeredUNet`` (e.g. a pipeline's ``unet/`` directory) to start
+            from instead of ``unet_config``; its config holds, except for the condition
+            options below, whose new inputs start at zero (fine-tuning a text-to-layers model
+            into one that also decomposes images or follows boxes).
         layer_blocks, mask_channels, prompt_enhancer, prompt_enhancer_heads, max_layers,
-            latent_layout: :class:`~layergen.models.LayeredUNet` options.
+            latent_layout, composite_condition, box_condition:
+            :class:`~layergen.models.LayeredUNet` options.
         gradient_checkpointing: recompute activations in the backward pass.
         num_train_timesteps, beta_schedule, beta_start, beta_end, prediction_type:
             ``DDPMScheduler`` settings (SD: 1000, "scaled_linear", 0.00085, 0.012, "epsilon").
@@ -69,6 +79,8 @@ class LayeredDiffusionModule(pl.LightningModule):
         shared_timestep_prob: share of samples with one timestep for all layers.
         global_dropout, layer_dropout: condition dropout rates.
         clean_layers_prob: share of samples with a clean, loss-free subset of layers.
+        composite_dropout, composite_text_dropout, box_dropout: image-condition dropout
+            (module docstring).
         snr_gamma: min-SNR loss weighting ``min(SNR_t, gamma) / SNR_t`` (epsilon) or
             ``/ (SNR_t + 1)`` (v-prediction); None: unweighted MSE (the papers' loss).
         lr, weight_decay, warmup_steps, betas: AdamW and linear warm-up.
@@ -87,6 +99,7 @@ class LayeredDiffusionModule(pl.LightningModule):
         text_encoder: str,
         unet_pretrained: str | None = None,
         unet_config: dict[str, Any] | None = None,
+        unet_init: str | None = None,
         unet_subfolder: str | None = "unet",
         in_channels: int | None = None,
         out_channels: int | None = None,
@@ -96,6 +109,8 @@ class LayeredDiffusionModule(pl.LightningModule):
         prompt_enhancer_heads: int = 8,
         max_layers: int = 8,
         latent_layout: str = "layers",
+        composite_condition: bool = False,
+        box_condition: bool = False,
         gradient_checkpointing: bool = False,
         num_train_timesteps: int = 1000,
         beta_schedule: str = "scaled_linear",
@@ -107,6 +122,9 @@ class LayeredDiffusionModule(pl.LightningModule):
         global_dropout: float = 0.1,
         layer_dropout: float = 0.1,
         clean_layers_prob: float = 0.0,
+        composite_dropout: float = 0.5,
+        composite_text_dropout: float = 0.5,
+        box_dropout: float = 0.5,
         snr_gamma: float | None = None,
         lr: float = 1e-5,
         weight_decay: float = 1e-4,
@@ -121,19 +139,26 @@ class LayeredDiffusionModule(pl.LightningModule):
         self.save_hyperparameters()
         self.autoencoder = load_autoencoder(autoencoder).requires_grad_(False).eval()
         self.tokenizer, self.text_encoder = load_text_encoder(text_encoder)
-        self.unet: LayeredUNet = build_layered_unet(
-            pretrained=unet_pretrained,
-            subfolder=unet_subfolder,
-            config=unet_config,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            layer_blocks=layer_blocks,
-            mask_channels=mask_channels,
-            prompt_enhancer=prompt_enhancer,
-            prompt_enhancer_heads=prompt_enhancer_heads,
-            max_layers=max_layers,
-            latent_layout=latent_layout,
-        )
+        conditions = {"composite_condition": composite_condition, "box_condition": box_condition}
+        if unet_init is not None:
+            if unet_pretrained is not None or unet_config is not None:
+                raise ValueError("unet_init: give it instead of unet_pretrained / unet_config")
+            self.unet: LayeredUNet = LayeredUNet.from_layered_unet(unet_init, **conditions)
+        else:
+            self.unet = build_layered_unet(
+                pretrained=unet_pretrained,
+                subfolder=unet_subfolder,
+                config=unet_config,
+                in_channels=in_channels,
+                out_channels=out_channels,
+                layer_blocks=layer_blocks,
+                mask_channels=mask_channels,
+                prompt_enhancer=prompt_enhancer,
+                prompt_enhancer_heads=prompt_enhancer_heads,
+                max_layers=max_layers,
+                latent_layout=latent_layout,
+                **conditions,
+            )
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.noise_scheduler = DDPMScheduler(
@@ -185,6 +210,51 @@ class LayeredDiffusionModule(pl.LightningModule):
             layer_cond = embeddings[len(batch) :].unflatten(0, (len(batch), num_layers))
         latents = latents * self.autoencoder.config.scaling_factor
         return latents.to(self.dtype), cond.to(self.dtype), layer_cond.to(self.dtype), batch.layer_valid
+
+    @torch.no_grad()
+    def image_conditions(
+        self, batch: LayeredBatch | LatentBatch, train: bool = True
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """The composite latents ``(B, C, h, w)`` (scaled) and layer boxes ``(B, L, 4)`` the
+        UNet is conditioned on (None when it is not); dropped ones NaN (training only)."""
+        composite, boxes = None, None
+        if self.unet.config.composite_condition:
+            if isinstance(batch, LatentBatch):
+                if batch.composite_latents is None:
+                    raise ValueError("composite_condition: the cached latents have no composite_latents "
+                                     "(re-run python -m layergen.data.cache_latents)")
+                composite = batch.composite_latents
+            else:
+                composite = encode_composites(self.autoencoder, batch.images, batch.masks)
+            composite = (composite * self.autoencoder.config.scaling_factor).to(self.dtype)
+            if train:
+                drop = torch.rand(len(composite), device=composite.device) < self.hparams.composite_dropout
+                composite = torch.where(drop[:, None, None, None], float("nan"), composite)
+        if self.unet.config.box_condition:
+            if isinstance(batch, LatentBatch):
+                if batch.layer_boxes is None:
+                    raise ValueError("box_condition: the cached latents have no layer_boxes "
+                                     "(re-run python -m layergen.data.cache_latents)")
+                boxes = batch.layer_boxes
+            else:
+                boxes = layer_boxes(batch.masks, batch.layer_valid)
+            if train:
+                drop = torch.rand(boxes.shape[:2], device=boxes.device) < self.hparams.box_dropout
+                boxes = torch.where(drop[..., None], float("nan"), boxes)
+        return composite, boxes
+
+    def drop_text_given_composite(
+        self, cond: Tensor, layer_cond: Tensor, composite: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Drop both prompts in ``composite_text_dropout`` of the samples with a composite."""
+        if composite is None:
+            return cond, layer_cond
+        given = ~composite.flatten(1).isnan().any(dim=1)
+        drop = given & (torch.rand(len(given), device=given.device) < self.hparams.composite_text_dropout)
+        empty = self.empty_embedding().to(cond.dtype)
+        cond = torch.where(drop[:, None, None], empty, cond)
+        layer_cond = torch.where(drop[:, None, None, None], empty, layer_cond)
+        return cond, layer_cond
 
     def drop_conditions(
         self, cond: Tensor, layer_cond: Tensor, generator: torch.Generator | None = None
@@ -241,8 +311,10 @@ class LayeredDiffusionModule(pl.LightningModule):
         batch_size, latent_layers = latents.shape[:2]
         num_layers = layer_valid.shape[1]
         index = LatentLayout.infer(num_layers, latent_layers).layer_index(num_layers).to(self.device)
+        composite, boxes = self.image_conditions(batch, train)
         if train:
             cond, layer_cond = self.drop_conditions(cond, layer_cond)
+            cond, layer_cond = self.drop_text_given_composite(cond, layer_cond, composite)
         t = self.sample_timesteps(batch_size, num_layers, generator)
         clean = self.sample_clean_layers(layer_valid, generator) if train else torch.zeros_like(layer_valid)
         t = torch.where(clean, torch.zeros_like(t), t)
@@ -256,7 +328,8 @@ class LayeredDiffusionModule(pl.LightningModule):
             target = self.noise_scheduler.get_velocity(*flat).view_as(latents)
         else:
             target = noise
-        pred = unet(noisy, t_latent, cond, layer_cond, layer_valid).sample
+        pred = unet(noisy, t_latent, cond, layer_cond, layer_valid,
+                    composite_latents=composite, layer_boxes=boxes).sample
         error = (pred.float() - target.float()).pow(2).mean(dim=(2, 3, 4))  # (B, L')
         noisy_valid = (valid_latent & ~clean_latent).float()
         weight = noisy_valid
@@ -345,7 +418,7 @@ class LayeredDiffusionModule(pl.LightningModule):
             text_encoder=self.text_encoder,
             tokenizer=self.tokenizer,
             scheduler=scheduler,
-            **family_recipe(self.hparams.layer_blocks, self.hparams.get("sampling")),
+            **family_recipe(self.unet.config.layer_blocks, self.hparams.get("sampling")),
         )
         directory = Path(directory)
         pipeline.save_pretrained(directory, safe_serialization=True)

@@ -125,6 +125,30 @@ class MaskConvOut(nn.Module):
         return torch.cat([self.image_conv(h), self.mask_conv(h)], dim=1)
 
 
+class ConditionedConvIn(nn.Module):
+    """Input conv with extra condition channels (composite latent, layer box; issue 19).
+
+    ``h = conv_in(z) + cond_conv(c)``, the condition channels ``c`` following the latent's
+    channels in the input; ``cond_conv`` starts at zero, so a new conditioned model is the
+    unconditioned one it was made from.
+    """
+
+    def __init__(self, base_conv: nn.Module, in_channels: int, condition_channels: int) -> None:
+        super().__init__()
+        self.base_conv = base_conv
+        self.in_channels = in_channels
+        image_conv = base_conv.image_conv if isinstance(base_conv, MaskGatedConvIn) else base_conv
+        out_channels = image_conv.out_channels
+        self.cond_conv = nn.Conv2d(condition_channels, out_channels, 3, padding=1)
+        nn.init.zeros_(self.cond_conv.weight)
+        nn.init.zeros_(self.cond_conv.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, C_in + C_cond, h, w) -> (N, C_0, h, w)``."""
+        z, c = x.split([self.in_channels, x.shape[1] - self.in_channels], dim=1)
+        return self.base_conv(z) + self.cond_conv(c)
+
+
 @torch.no_grad()
 def widen_conv(conv: nn.Conv2d, in_channels: int, out_channels: int) -> nn.Conv2d:
     """Widen a conv by tiling its weights (SD-AE-UNet (ft), Text2Layer section IV-C).
@@ -145,6 +169,23 @@ def widen_conv(conv: nn.Conv2d, in_channels: int, out_channels: int) -> nn.Conv2
     return wide
 
 
+def box_maps(boxes: Tensor | None, batch: int, num_layers: int, height: int, width: int) -> Tensor:
+    """Boxes ``(B, L, 4)`` ``(x0, y0, x1, y1)`` in [0, 1] -> maps ``(B, L, 1, h, w)``: +1 on the
+    latent cells whose centre is inside, -1 outside, 0 for a NaN row or ``boxes`` None."""
+    if boxes is None:
+        return torch.zeros(batch, num_layers, 1, height, width)
+    if tuple(boxes.shape) != (batch, num_layers, 4):
+        raise ValueError(f"layer_boxes must be ({batch}, {num_layers}, 4), got {tuple(boxes.shape)}")
+    boxes = boxes.float()
+    ys = (torch.arange(height, device=boxes.device) + 0.5) / height
+    xs = (torch.arange(width, device=boxes.device) + 0.5) / width
+    x0, y0, x1, y1 = (boxes[..., i, None, None] for i in range(4))  # (B, L, 1, 1)
+    inside = (xs >= x0) & (xs <= x1) & (ys[:, None] >= y0) & (ys[:, None] <= y1)  # (B, L, h, w)
+    given = ~boxes.isnan().any(dim=-1)  # (B, L)
+    maps = torch.where(inside, 1.0, -1.0) * given[..., None, None]
+    return maps[:, :, None]
+
+
 class LayeredUNet(ModelMixin, ConfigMixin):
     """Layer-collaborative UNet (LayerDiff eq. 2's ``Phi_u``) on a diffusers SD UNet.
 
@@ -158,6 +199,10 @@ class LayeredUNet(ModelMixin, ConfigMixin):
         prompt_enhancer_heads: heads of the prompt enhancer's attentions.
         max_layers: largest ``L`` (size of the layer-index embeddings).
         latent_layout: "layers", "stacked" or "folded" (see the module docstring).
+        composite_condition: every layer also sees the composite's latent ``(C, h, w)`` and a
+            flag channel (1: given), zero-initialised input channels (image to layers).
+        box_condition: every layer also sees its box as a channel (+1 inside, -1 outside, 0
+            when not given), zero-initialised (box-guided layers).
     """
 
     _supports_gradient_checkpointing = True
@@ -172,6 +217,8 @@ class LayeredUNet(ModelMixin, ConfigMixin):
         prompt_enhancer_heads: int = 8,
         max_layers: int = 8,
         latent_layout: str = "layers",
+        composite_condition: bool = False,
+        box_condition: bool = False,
     ) -> None:
         super().__init__()
         if latent_layout not in LATENT_LAYOUTS:
@@ -187,6 +234,14 @@ class LayeredUNet(ModelMixin, ConfigMixin):
             self.unet.conv_in = MaskGatedConvIn(self.unet.conv_in, mask_channels)
             self.unet.conv_out = MaskConvOut(self.unet.conv_out, mask_channels)
             self.wrapped_paths.update({"conv_in": "image_conv", "conv_out": "image_conv"})
+        if composite_condition or box_condition:
+            if latent_layout != "layers":
+                raise ValueError("LayeredUNet: composite/box conditions need latent_layout 'layers'")
+            self.unet.conv_in = ConditionedConvIn(
+                self.unet.conv_in, unet_config["in_channels"] + mask_channels, self.condition_channels
+            )
+            inner = self.wrapped_paths.get("conv_in")
+            self.wrapped_paths["conv_in"] = "base_conv" + (f".{inner}" if inner else "")
         if layer_blocks:
             for path, module in list(self.unet.named_modules()):
                 if isinstance(module, BasicTransformerBlock):
@@ -266,6 +321,25 @@ class LayeredUNet(ModelMixin, ConfigMixin):
             )
         return (model, info) if want_info else model
 
+    @classmethod
+    def from_layered_unet(cls, name_or_path: str, subfolder: str | None = None, **options: Any) -> LayeredUNet:
+        """A saved ``LayeredUNet`` (e.g. a pipeline's ``unet/``) with config options changed:
+        its weights carry over and the new condition inputs (``composite_condition``,
+        ``box_condition``) start at zero, so the result first behaves as the saved model."""
+        base = cls.from_pretrained(name_or_path, subfolder=subfolder)
+        config = {k: v for k, v in base.config.items() if not k.startswith("_")}
+        model = cls(**{**config, **options})
+        state = {}
+        for key, value in base.state_dict().items():
+            if key.startswith("unet.conv_in.") and key not in model.state_dict():
+                key = "unet.conv_in.base_conv." + key[len("unet.conv_in."):]
+            state[key] = value
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or any(".cond_conv." not in k for k in missing):
+            raise ValueError(f"LayeredUNet: {name_or_path} does not match the new options {options}: "
+                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        return model
+
     def _wrapped_key(self, key: str) -> str:
         for path, inner in self.wrapped_paths.items():
             if key.startswith(path + "."):
@@ -283,7 +357,7 @@ class LayeredUNet(ModelMixin, ConfigMixin):
         missing, unexpected = self.unet.load_state_dict(mapped, strict=False)
         if unexpected:
             raise ValueError(f"LayeredUNet: base UNet keys not found in the model: {unexpected[:5]}")
-        new = [k for k in missing if ".layer_block." not in k and ".mask_" not in k]
+        new = [k for k in missing if not any(m in k for m in (".layer_block.", ".mask_", ".cond_conv."))]
         if new:
             raise ValueError(f"LayeredUNet: base UNet state dict lacks keys: {new[:5]}")
         for module in self.unet.modules():
@@ -325,6 +399,8 @@ class LayeredUNet(ModelMixin, ConfigMixin):
         encoder_hidden_states: Tensor,
         layer_hidden_states: Tensor | None = None,
         layer_valid: Tensor | None = None,
+        composite_latents: Tensor | None = None,
+        layer_boxes: Tensor | None = None,
     ) -> LayeredUNetOutput:
         """Predict the noise (or v) of every layer.
 
@@ -337,6 +413,10 @@ class LayeredUNet(ModelMixin, ConfigMixin):
                 uses the global prompt for every layer.
             layer_valid: ``(B, L)`` bool, False for padded layers; None = all valid. With the
                 "stacked" layout, ``(B, 2L - 1)`` (per latent layer) is accepted too.
+            composite_latents: ``(B, C, h, w)`` scaled latent of the composite to decompose
+                (``composite_condition``); None, or NaN in a sample: none given.
+            layer_boxes: ``(B, L, 4)`` boxes ``(x0, y0, x1, y1)`` in [0, 1] (``box_condition``);
+                None, or a NaN row: no box for that layer.
 
         Returns:
             :class:`LayeredUNetOutput` with ``sample`` shaped like ``sample``.
@@ -364,6 +444,12 @@ class LayeredUNet(ModelMixin, ConfigMixin):
                 layer_valid = layer_valid[:, :num_layers]
             if layer_hidden_states is not None and layer_hidden_states.shape[1] == latent_layers:
                 layer_hidden_states = layer_hidden_states[:, :num_layers]
+        if self.condition_channels:
+            conditions = self.condition_maps(sample, composite_latents, layer_boxes)
+            sample = torch.cat([sample, conditions], dim=2)
+        elif composite_latents is not None or layer_boxes is not None:
+            raise ValueError("LayeredUNet: composite_latents / layer_boxes given to a model "
+                             "built without composite_condition / box_condition")
         out = self._forward_layers(
             sample, timesteps, encoder_hidden_states, layer_hidden_states, layer_valid
         )
@@ -371,6 +457,34 @@ class LayeredUNet(ModelMixin, ConfigMixin):
             # (B, L, 2C, h, w) -> (B, 2L-1, C, h, w)
             out = COMPONENTS.from_image_mask_pairs(out)
         return LayeredUNetOutput(sample=out)
+
+    @property
+    def condition_channels(self) -> int:
+        """Extra input channels per layer: composite latent + flag, box."""
+        composite = self.config.unet_config["in_channels"] + 1 if self.config.composite_condition else 0
+        return composite + int(self.config.box_condition)
+
+    def condition_maps(
+        self, sample: Tensor, composite_latents: Tensor | None, layer_boxes: Tensor | None
+    ) -> Tensor:
+        """The condition channels ``(B, L, C_cond, h, w)`` for ``sample`` ``(B, L, C, h, w)``."""
+        batch, num_layers, _, height, width = sample.shape
+        maps = []
+        if self.config.composite_condition:
+            channels = self.config.unet_config["in_channels"]
+            if composite_latents is None:
+                composite_latents = sample.new_full((batch, channels, height, width), float("nan"))
+            if tuple(composite_latents.shape) != (batch, channels, height, width):
+                raise ValueError(f"LayeredUNet: composite_latents must be {(batch, channels, height, width)}, "
+                                 f"got {tuple(composite_latents.shape)}")
+            given = ~composite_latents.flatten(1).isnan().any(dim=1)  # (B,)
+            z = torch.where(given[:, None, None, None], composite_latents.nan_to_num(0.0), 0.0)
+            flag = given.to(sample.dtype)[:, None, None, None].expand(batch, 1, height, width)
+            # (B, C + 1, h, w) -> (B, L, C + 1, h, w): the same composite for every layer
+            maps.append(torch.cat([z.to(sample.dtype), flag], 1)[:, None].expand(-1, num_layers, -1, -1, -1))
+        if self.config.box_condition:
+            maps.append(box_maps(layer_boxes, batch, num_layers, height, width).to(sample))
+        return torch.cat(maps, dim=2)
 
     def pooled_prompts(self, hidden_states: Tensor) -> Tensor | None:
         """``(N, S, D)`` prompt embeddings -> ``(N, D)`` token means, the UNet's ``class_labels``

@@ -35,6 +35,8 @@ UNET_OPTIONS = (
     "prompt_enhancer_heads",
     "max_layers",
     "latent_layout",
+    "composite_condition",
+    "box_condition",
 )
 
 
@@ -87,7 +89,13 @@ def autoencoder_from_checkpoint(path: str | Path) -> Any:
 def unet_from_checkpoint(hparams: dict[str, Any], state_dict: dict[str, Tensor]) -> LayeredUNet:
     """Re-create the ``LayeredUNet`` of a ``LayeredDiffusionModule`` checkpoint (EMA weights
     when present). A UNet started from SD weights reads only the base config from
-    ``unet_pretrained``."""
+    ``unet_pretrained``, one started from a saved ``LayeredUNet`` its config from ``unet_init``."""
+    if hparams.get("unet_init") is not None:
+        saved = LayeredUNet.load_config(hparams["unet_init"])
+        options = {k: v for k, v in saved.items() if not k.startswith("_")}
+        options.update({k: hparams[k] for k in ("composite_condition", "box_condition") if k in hparams})
+        unet = LayeredUNet(**options)
+        return _load_unet_weights(unet, state_dict)
     if hparams.get("unet_config") is not None:
         config = dict(hparams["unet_config"])
     elif hparams.get("unet_pretrained") is not None:
@@ -104,6 +112,11 @@ def unet_from_checkpoint(hparams: dict[str, Any], state_dict: dict[str, Tensor])
             config[key] = hparams[key]
     options = {k: hparams[k] for k in UNET_OPTIONS if k in hparams}
     unet = LayeredUNet(unet_config=config, **options)
+    return _load_unet_weights(unet, state_dict)
+
+
+def _load_unet_weights(unet: LayeredUNet, state_dict: dict[str, Tensor]) -> LayeredUNet:
+    """The EMA weights of a diffusion checkpoint (else the trained ones) into ``unet``."""
     weights = _sub_state_dict(state_dict, "ema_unet.module.") or _sub_state_dict(
         state_dict, "unet."
     )

@@ -49,6 +49,12 @@ from layergen.pipelines.checkpoints import pipeline_from_checkpoints
 from layergen.pipelines.components import COMPONENT_CLASSES, COMPONENTS_LIBRARY
 from layergen.pipelines.conditioning import LayeredConditioningMixin, layerdiff_negative_prompts
 from layergen.pipelines.editing import LayeredEditingMixin
+from layergen.pipelines.image_conditions import (
+    BoxesArg,
+    ImageArg,
+    LayeredImageConditionsMixin,
+    image_to_tensor,
+)
 from layergen.pipelines.inputs import Generators, LayeredInputsMixin, LayerPromptsArg
 from layergen.pipelines.outputs import LayeredPipelineOutput, postprocess
 from layergen.pipelines.recipe import LEGACY_RECIPE, RECIPE_KEYS, check_recipe
@@ -65,6 +71,7 @@ class LayeredDiffusionPipeline(
     LayeredInputsMixin,
     LayeredConditioningMixin,
     LayeredEditingMixin,
+    LayeredImageConditionsMixin,
     PretrainedFolderMixin,
     DiffusionPipeline,
 ):
@@ -253,6 +260,7 @@ class LayeredDiffusionPipeline(
         fixed: Tensor | None = None,
         fixed_latents: Tensor | None = None,
         *,
+        unet_conditions: dict[str, Tensor] | None = None,
         eta: float = 0.0,
         callback_on_step_end: StepCallback = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
@@ -268,6 +276,9 @@ class LayeredDiffusionPipeline(
             generator, eta: for stochastic schedulers (``eta``: DDIM only).
             fixed: ``(N, L')`` bool, layers held clean at timestep 0 (editing).
             fixed_latents: ``(N, L', C, h, w)`` clean latents of the fixed layers.
+            unet_conditions: the UNet's image conditions for the ``N`` images
+                (``prepare_image_conditions``: ``composite_latents``, ``layer_boxes``); both
+                halves of a guided batch get them.
             callback_on_step_end: called as ``callback(pipe, i, t, tensors)`` after each
                 step with ``tensors`` the named ``callback_on_step_end_tensor_inputs``; the
                 tensors it returns replace them. It may set ``pipe._guidance_scale`` (the
@@ -302,9 +313,11 @@ class LayeredDiffusionPipeline(
             model_input = torch.where(
                 fixed_5d, latents, self.scheduler.scale_model_input(latents, t)
             )
+            conditions = dict(unet_conditions or {})
             if do_cfg:
                 model_input = torch.cat([model_input, model_input])
                 layer_t = torch.cat([layer_t, layer_t])
+                conditions = {k: torch.cat([v, v]) for k, v in conditions.items()}
             # 4. predict the noise (or v) of every layer
             noise_pred = self.unet(
                 model_input,
@@ -312,6 +325,7 @@ class LayeredDiffusionPipeline(
                 encoder_hidden_states=prompt_embeds,
                 layer_hidden_states=layer_prompt_embeds,
                 layer_valid=layer_valid,
+                **conditions,
             ).sample
             # 5. classifier-free guidance: eps = eps_neg + w (eps_cond - eps_neg)
             if do_cfg:
@@ -404,6 +418,8 @@ class LayeredDiffusionPipeline(
         layer_negatives: bool = True,
         callback_on_step_end: StepCallback = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        image: ImageArg = None,
+        layer_boxes: BoxesArg = None,
     ) -> LayeredPipelineOutput | tuple[Any, list[LayeredImage] | None]:
         """Generate layered images.
 
@@ -446,6 +462,12 @@ class LayeredDiffusionPipeline(
                 ``denoise``. ``pipe._interrupt = True`` skips the remaining steps.
             callback_on_step_end_tensor_inputs: the tensors it receives, some of
                 ``_callback_tensor_inputs`` (a ``PipelineCallback`` names its own).
+            image: a picture to decompose into the layers (composite-conditioned UNets;
+                PIL, uint8 ``(H, W, 3)``, ``(3, H, W)`` / ``(B, 3, H, W)`` in [-1, 1] or a
+                ``LayeredImage``); its size is the output's. See :meth:`decompose`.
+            layer_boxes: ``L`` boxes ``(x0, y0, x1, y1)`` in [0, 1] (None for a layer left
+                free), or a ``(L, 4)`` / ``(N, L, 4)`` tensor with NaN rows for free layers
+                (box-conditioned UNets).
 
         Returns:
             :class:`~layergen.pipelines.outputs.LayeredPipelineOutput`, or
@@ -476,6 +498,8 @@ class LayeredDiffusionPipeline(
             resolved = [[""] * layer_prompt_embeds.shape[1] for _ in prompts]
         else:
             resolved = self.resolve_layer_prompts(prompts, layer_prompts, num_layers)
+        if image is not None and height is None and width is None:
+            height, width = (int(n) for n in image_to_tensor(image).shape[-2:])
         height = height or self.default_size
         width = width or self.default_size
         self.check_inputs(
@@ -516,6 +540,10 @@ class LayeredDiffusionPipeline(
         latents = self.prepare_latents(
             self.latent_shape(image_layer_prompts, height, width), generator, latents
         )
+        # 3b. image conditions: the composite to decompose, layer boxes
+        unet_conditions = self.prepare_image_conditions(
+            image, layer_boxes, len(image_prompts), latents.shape[1], height, width
+        )
         # 4. denoising loop
         latents = self.denoise(
             latents,
@@ -525,6 +553,7 @@ class LayeredDiffusionPipeline(
             layer_valid,
             guidance_scale,
             generator,
+            unet_conditions=unet_conditions,
             eta=eta,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
@@ -536,6 +565,29 @@ class LayeredDiffusionPipeline(
             images = self.decode_latents(latents, image_prompts, image_layer_prompts, metadata)
         output = self._output(latents, images, output_type)
         return output if return_dict else (output.images, output.layers)
+
+    @torch.no_grad()
+    def decompose(
+        self,
+        image: ImageArg,
+        num_layers: int | None = None,
+        prompt: str = "",
+        layer_prompts: LayerPromptsArg = None,
+        layer_boxes: BoxesArg = None,
+        **kwargs: Any,
+    ) -> LayeredPipelineOutput | tuple[Any, list[LayeredImage] | None]:
+        """Decompose a picture into ``num_layers`` layers (background + foregrounds).
+
+        The composite-conditioned UNet generates layers whose composite reproduces ``image``;
+        ``prompt`` / ``layer_prompts`` (optional, ``"auto"``: the prompt's noun phrases) and
+        ``layer_boxes`` steer what goes in which layer. Other arguments as in ``__call__``.
+
+        Raises:
+            ValueError: the UNet was not trained with ``composite_condition``.
+        """
+        if layer_prompts is None and num_layers is None:
+            num_layers = 3
+        return self(prompt, layer_prompts, num_layers, image=image, layer_boxes=layer_boxes, **kwargs)
 
     # ------------------------------------------------------------------------------------
     # Loading from training checkpoints (save_pretrained: PretrainedFolderMixin)

@@ -21,6 +21,11 @@ from typing import Any
 
 import torch
 
+from layergen.phrases import (
+    DEFAULT_BACKGROUND_WORDS,
+    BackgroundWordFilter,
+    NounPhraseExtractor,
+)
 from layergen.synthesis.backends.captioning import CaptioningBackend, SourceCaption
 from layergen.synthesis.backends.depth import DepthBackend, VerticalDepth
 from layergen.synthesis.backends.detection import DetectionBackend, SaliencyComponentDetection
@@ -41,11 +46,6 @@ from layergen.synthesis.layering import (
     InpaintSaliencyCheckStage,
     LayeringStage,
     LayerSelectionStage,
-)
-from layergen.phrases import (
-    DEFAULT_BACKGROUND_WORDS,
-    BackgroundWordFilter,
-    NounPhraseExtractor,
 )
 
 

@@ -1,9 +1,10 @@
 """Image to layers: ``python decompose.py photo.jpg --out photo.psd`` (or a folder of images).
 
-Runs the LayerDiff dataset-construction pipeline on existing images and writes layered
-PSD / ORA files or folders of layer PNGs named by the layer prompts. Classical backends
-(no weights) by default; real models with ``--detection-model``, ``--sam-model``, ... or
-``--config configs/synth/layerdiff.yaml``.
+Writes layered PSD / ORA files or folders of layer PNGs named by the layer prompts. With
+``--model DIR`` a composite-conditioned layered diffusion pipeline (docs/decomposition.md)
+generates the layers; without it the LayerDiff dataset-construction pipeline runs, with
+classical backends (no weights) by default, real models with ``--detection-model``,
+``--sam-model``, ... or ``--config configs/synth/layerdiff.yaml``.
 """
 
 import layergen.openmp  # noqa: F401  (first: OpenMP waiting set before torch loads)
@@ -12,13 +13,20 @@ import layergen.openmp  # noqa: F401  (first: OpenMP waiting set before torch lo
 import argparse
 import logging
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
 
 from layergen.console import configure_console
 from layergen.devices import DTYPES, add_device_arguments, resolve_device
+from layergen.layers import LayeredImage
 from layergen.synthesis.decompose import build_decompose_chain, decompose_files, plan_outputs
 
 EPILOG = """examples:
   python decompose.py photo.jpg --out photo.psd --caption "a cat on a sofa"
+  python decompose.py photo.jpg --out photo.psd --model demo_runs/decompose/pretrained --num-layers 3
   python decompose.py photos/ --out layers/ --format ora     # captions from photos/NAME.txt
   python decompose.py photo.jpg --detection-model google/owlv2-base-patch16-ensemble \\
       --sam-model facebook/sam-vit-base --device cuda --dtype float16
@@ -47,13 +55,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--depth-model", default=None, help="MiDaS / DPT depth model (hub id or path)")
     parser.add_argument("--inpainting-model", default=None, help="diffusers inpainting pipeline (hub id or path)")
     parser.add_argument("--max-inpaint-saliency", type=float, default=1.0, help="saliency check; 1 keeps all")
+    learned = parser.add_argument_group("learned decomposition (--model)")
+    learned.add_argument("--model", help="composite-conditioned pipeline directory or hub id")
+    learned.add_argument("--num-layers", type=int, default=3, help="layers, background included")
+    learned.add_argument("--layer-prompts", nargs="+", help="layer prompts, background first")
+    learned.add_argument("--steps", type=int, help="denoising steps (default: the model's recipe)")
+    learned.add_argument("--seed", type=int, default=0)
     add_device_arguments(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    classical = ("config", "caption_model", "detection_model", "sam_model", "depth_model", "inpainting_model")
+    if args.model and any(getattr(args, name) for name in classical):
+        parser.error("--model decomposes with the learned pipeline: it takes none of "
+                     + ", ".join("--" + name.replace("_", "-") for name in classical))
+    return args
+
+
+def learned_decomposer(args: argparse.Namespace) -> Callable[[Tensor, str], LayeredImage]:
+    """``--model``'s pipeline as ``(image, caption) -> LayeredImage``.
+
+    Raises:
+        ValueError: the pipeline's UNet is not composite-conditioned.
+    """
+    from layergen.pipelines import load_pipeline
+    from layergen.pipelines.decomposition import PipelineDecomposer
+
+    pipe = load_pipeline(args.model, device=resolve_device(args.device))
+    if args.dtype is not None:
+        pipe.to(dtype=DTYPES[args.dtype])
+    if not pipe.unet.config.get("composite_condition", False):
+        raise ValueError(f"--model {args.model}: its UNet is not composite-conditioned, so it cannot "
+                         "decompose images (train one with configs/demo/decompose.yaml)")
+    steps = {} if args.steps is None else {"num_inference_steps": args.steps}
+    decomposer = PipelineDecomposer(pipe, layer_prompts=args.layer_prompts, seed=args.seed, **steps)
+    num_layers = None if args.layer_prompts else args.num_layers
+    return lambda image, caption: decomposer(image, caption, num_layers)
 
 
 def run(args: argparse.Namespace) -> dict[str, int]:
     """Decompose every input, naming each file written on stdout; returns the counts."""
     inputs, outputs = plan_outputs(args.input, args.out, args.format)
+    if args.model:
+        return decompose_all(learned_decomposer(args), inputs, outputs, args)
     chain = build_decompose_chain(
         config=args.config,
         max_foregrounds=args.max_foregrounds,
@@ -67,10 +109,15 @@ def run(args: argparse.Namespace) -> dict[str, int]:
     chain.to(resolve_device(args.device))
     if args.dtype is not None:  # the backends' models are nn.Modules or diffusers pipelines,
         chain.to(DTYPES[args.dtype])  # whose .to takes a dtype too
+    return decompose_all(chain, inputs, outputs, args)
+
+
+def decompose_all(decomposer: Any, inputs: list[Path], outputs: list[Path], args: argparse.Namespace) -> dict[str, int]:
+    """Decompose the files one at a time, naming each written on stdout; returns the counts."""
     counts = {"written": 0, "skipped": 0}
     for source, target in zip(inputs, outputs):
         captions = None if args.caption is None else [args.caption]
-        one = decompose_files(chain, [source], [target], captions=captions, max_size=args.max_size)
+        one = decompose_files(decomposer, [source], [target], captions=captions, max_size=args.max_size)
         if one["written"]:
             print(f"wrote {target}", flush=True)
         counts = {key: counts[key] + one[key] for key in counts}

@@ -19,6 +19,8 @@ EPILOG = r"""examples:
       --layers auto --seed 0 --out star.psd
   python generate.py --model $M "a small green heart on a pink plain background" \
       --layers auto --num-images 4 --out hearts.ora      # hearts_0.ora ... hearts_3.ora
+  python generate.py --model $M "a red star and a green heart" --layers auto \
+      --boxes none 0,0,0.5,0.5 0.5,0.5,1,1 --out boxed.psd   # box-conditioned models
   python generate.py --model $M --edit star.psd --keep 0 \
       --layer-prompts "the background" "a small green heart" --out heart.ora
   python generate.py --model $M --edit star.psd --restyle 0 --strength 0.6 \
@@ -62,6 +64,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="images per prompt, seeds --seed, --seed + 1, ...; outputs numbered "
         "NAME_0.psd, NAME_1.psd, ... (default: 1, written to --out itself)",
     )
+    parser.add_argument(
+        "--boxes",
+        nargs="+",
+        type=parse_box,
+        metavar="BOX",
+        help="where each layer goes, background first: x0,y0,x1,y1 in [0, 1] of the width and "
+        "height, or 'none' for a free layer (box-conditioned models, docs/decomposition.md)",
+    )
     parser.add_argument("--negative-prompt", help="global negative prompt (needs --guidance > 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -101,6 +111,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.num_images < 1:
         parser.error("--num-images must be at least 1")
     return args
+
+
+def parse_box(text: str) -> tuple[float, float, float, float] | None:
+    """``"x0,y0,x1,y1"`` -> a box; ``"none"`` -> None (argparse type)."""
+    if text.lower() == "none":
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected x0,y0,x1,y1 (four numbers) or none")
+    return values
 
 
 def numbered_outputs(out: str | Path, count: int) -> list[Path]:
@@ -149,6 +172,7 @@ def run(args: argparse.Namespace) -> None:
                 prompt=args.prompt,
                 restyle=args.restyle,
                 strength=args.strength,
+                layer_boxes=args.boxes,
                 seed=seed,
                 **common,
             )
@@ -161,6 +185,7 @@ def run(args: argparse.Namespace) -> None:
                 num_layers=args.num_layers,
                 height=args.height,
                 width=args.width,
+                layer_boxes=args.boxes,
                 seed=seed,
                 **common,
             )

@@ -84,3 +84,93 @@ def test_a_plain_pipeline_refuses_an_image(tmp_path):
         pipe("a red circle", image=small_scene(1).composite(), num_inference_steps=1)
     with pytest.raises(ValueError, match="not box-conditioned"):
         pipe("a red circle", layer_boxes=[None, (0, 0, 1, 1)], num_inference_steps=1)
+
+
+def test_decompose_script_with_a_learned_model(tmp_path, capsys):
+    from psd_tools import PSDImage
+    from test_decompose import load_script
+
+    conditioned_pipeline(tmp_path).save_pretrained(tmp_path / "model")
+    picture = small_scene(2).composite_pil().resize((48, 40))  # another size than the model's
+    picture.save(tmp_path / "picture.png")
+    out = tmp_path / "picture.psd"
+    script = load_script()
+    argv = [str(tmp_path / "picture.png"), "--out", str(out), "--model", str(tmp_path / "model"),
+            "--num-layers", "3", "--steps", "2"]
+    assert script.main(argv) == 0
+    psd = PSDImage.open(out)
+    assert (psd.width, psd.height) == (48, 40) and len(list(psd)) == 3  # the input's size
+    assert f"wrote {out}" in capsys.readouterr().out
+    # a text-only model cannot decompose: one clear error, no traceback
+    tiny_pipeline(tmp_path).save_pretrained(tmp_path / "text_only")
+    argv[argv.index(str(tmp_path / "model"))] = str(tmp_path / "text_only")
+    assert script.main(argv) == 1
+    assert "not composite-conditioned" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the classical backends' options do not mix with --model
+        script.parse_args(argv + ["--sam-model", "facebook/sam-vit-base"])
+
+
+def test_generate_script_places_layers_in_boxes(tmp_path, monkeypatch, capsys):
+    import json
+    import runpy
+    import sys
+
+    from test_generate import ROOT
+
+    from layergen.export import load_layered
+
+    conditioned_pipeline(tmp_path, composite=False).save_pretrained(tmp_path / "model")
+
+    def generate(*args):
+        monkeypatch.setattr(sys, "argv", ["generate.py", "--model", str(tmp_path / "model"), "--steps", "2",
+                                          *map(str, args)])
+        runpy.run_path(str(ROOT / "generate.py"), run_name="__main__")
+
+    prompt = "a small red circle and a large green star on a plain blue background"
+    generate(prompt, "--layers", "auto", "--out", tmp_path / "free.psd")
+    generate(prompt, "--layers", "auto", "--boxes", "none", "0,0,0.5,0.5", "0.5,0.5,1,1",
+             "--out", tmp_path / "boxed.psd")
+    free, boxed = load_layered(tmp_path / "free.psd"), load_layered(tmp_path / "boxed.psd")
+    assert not torch.allclose(free.composite(), boxed.composite())  # the boxes reach the UNet
+    manifest = json.loads((tmp_path / "boxed.json").read_text())
+    assert manifest["layer_boxes"] == [None, [0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]
+    # edit: regenerate layer 2 inside a box; the kept layers stay as they were
+    generate("--edit", tmp_path / "free.psd", "--keep", 0, 1, "--boxes", "none", "none", "0,0,1,0.5",
+             "--out", tmp_path / "edited.ora")
+    edited = load_layered(tmp_path / "edited.ora")
+    torch.testing.assert_close(edited.background, free.background, atol=2 / 255, rtol=0)
+    with pytest.raises(SystemExit) as bad:
+        generate(prompt, "--boxes", "0,0,1", "--out", tmp_path / "x.psd")
+    assert bad.value.code == 2 and "four numbers" in capsys.readouterr().err
+
+
+def test_web_app_takes_layer_boxes(tmp_path):
+    import json
+
+    from layergen.app import AppSession
+
+    def post(session, route, request):
+        status, _, reply = session.handle("POST", route, json.dumps(request).encode())[:3]
+        return status, json.loads(reply)
+
+    prompts = ["the background", "a large red star", "a small blue circle"]
+    sampling = {"seed": 3, "steps": 2, "guidance": 1.0}
+    (tmp_path / "work").mkdir()
+    session = AppSession(conditioned_pipeline(tmp_path, composite=False), model_name="boxed",
+                         workdir=tmp_path / "work")
+    state = json.loads(session.handle("GET", "/state")[2])
+    assert state["defaults"]["boxes"] is True
+    status, state = post(session, "/generate", {"prompt": "a red star", "layer_prompts": prompts,
+                                                "layer_boxes": [None, [0, 0, 0.5, 0.5]], **sampling})
+    assert status == 200 and state["document"]["layer_prompts"] == prompts
+    before = session.document.image
+    status, state = post(session, "/replace", {"layer": 2, "box": [0.5, 0.5, 1, 1], **sampling})
+    assert status == 200
+    torch.testing.assert_close(session.document.image.background, before.background)
+    status, reply = post(session, "/generate", {"prompt": "x", "layer_boxes": [[0.6, 0, 0.5, 1]]})
+    assert status == 400 and "layer_boxes[0]" in reply["error"]
+    session.close()
+    plain = AppSession(tiny_pipeline(tmp_path), model_name="plain", workdir=tmp_path / "work")
+    status, reply = post(plain, "/generate", {"prompt": "x", "layer_boxes": [None, [0, 0, 1, 1]]})
+    assert status == 400 and "does not take boxes" in reply["error"]
+    plain.close()

@@ -99,3 +99,26 @@ def index_list(request: dict[str, Any], name: str) -> list[int]:
     if len(value) > limits.MAX_FOREGROUNDS + 1:
         raise RequestError(f"{name}: over {limits.MAX_FOREGROUNDS + 1} layers")
     return value
+
+
+def box(value: Any, name: str) -> list[float] | None:
+    """``null`` or ``[x0, y0, x1, y1]`` in [0, 1] with ``x0 <= x1``, ``y0 <= y1``."""
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != 4
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)):
+        raise RequestError(f"{name}: expected null or [x0, y0, x1, y1], got {value!r}")
+    x0, y0, x1, y1 = (float(v) for v in value)
+    if not (0.0 <= x0 <= x1 <= 1.0 and 0.0 <= y0 <= y1 <= 1.0):
+        raise RequestError(f"{name}: expected 0 <= x0 <= x1 <= 1 and 0 <= y0 <= y1 <= 1, got {value!r}")
+    return [x0, y0, x1, y1]
+
+
+def layer_boxes(request: dict[str, Any], name: str = "layer_boxes") -> list[list[float] | None] | None:
+    """``None`` (no boxes) or one :func:`box` per layer, the background's first."""
+    value = request.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > limits.MAX_FOREGROUNDS + 1:
+        raise RequestError(f"{name}: expected a list of at most {limits.MAX_FOREGROUNDS + 1} boxes")
+    return [box(b, f"{name}[{i}]") for i, b in enumerate(value)]

@@ -35,6 +35,8 @@ main { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }
   placeholder="a large red star on the left on a blue striped background"></label><br>
 <label>Layer prompts, one per line, the background first (empty: from the prompt)<br>
 <textarea id="layer-prompts" placeholder="a blue striped background&#10;a large red star"></textarea></label><br>
+<label id="boxes-field" hidden>Layer boxes, one per line as above: x0,y0,x1,y1 in 0..1 or none<br>
+<textarea id="layer-boxes" placeholder="none&#10;0,0,0.5,0.5"></textarea></label><br>
 <label>Seed <input id="seed" type="number" min="0" value="0"></label>
 <label>Steps <input id="steps" type="number" min="1"></label>
 <label>Guidance <input id="guidance" type="number" min="0" step="0.5"></label>
@@ -162,6 +164,7 @@ function show(s) {
   $("steps").placeholder = s.defaults.steps;
   $("guidance").placeholder = s.defaults.guidance;
   $("strength").placeholder = s.defaults.strength;
+  $("boxes-field").hidden = !s.defaults.boxes;
   const doc = s.document;
   const layers = $("layers");
   layers.replaceChildren();
@@ -175,9 +178,15 @@ function show(s) {
   layers.querySelectorAll("[data-off='1']").forEach(b => { b.disabled = true; });
   layers.querySelector(".layer[data-layer='0'] .visible").disabled = true;
 }
+function parseBox(line) {
+  return line === "none" ? null : line.split(",").map(Number);
+}
 $("generate").addEventListener("click", () => {
   const lines = $("layer-prompts").value.split("\\n").map(l => l.trim()).filter(l => l);
-  post("/generate", sampling({prompt: $("prompt").value, layer_prompts: lines.length ? lines : "auto"}), "generated");
+  const boxes = $("layer-boxes").value.split("\\n").map(l => l.trim()).filter(l => l).map(parseBox);
+  const request = {prompt: $("prompt").value, layer_prompts: lines.length ? lines : "auto"};
+  if (boxes.length) request.layer_boxes = boxes;
+  post("/generate", sampling(request), "generated");
 });
 $("prompt").addEventListener("keydown", e => { if (e.key === "Enter") $("generate").click(); });
 $("upload").addEventListener("change", () => {

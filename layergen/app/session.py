@@ -15,8 +15,8 @@ Routes (all fixed; no path reaches a file)::
     GET  /mask/I.png            its visible mask
     GET  /download/NAME         layered.psd, layered.ora, layers.zip (PNG layers)
     POST /generate              {prompt, layer_prompts: "auto" | [...] | null, num_layers,
-                                 seed, steps, guidance}
-    POST /replace               {layer, prompt, seed, steps, guidance}: layer inpainting
+                                 layer_boxes, seed, steps, guidance}
+    POST /replace               {layer, prompt, box, seed, steps, guidance}: layer inpainting
     POST /restyle               {layer, prompt, strength, seed, steps, guidance}
     POST /background            {prompt, seed, steps, guidance}: a new background behind
                                  the shown foregrounds (hidden ones are dropped)
@@ -24,7 +24,9 @@ Routes (all fixed; no path reaches a file)::
     POST /order                 {order: [foreground indices, back to front]}
     POST /upload?name=FILE      the bytes of a .psd, .ora or .zip of PNG layers
 
-Replies to POSTs are the new state, or ``{"error": ...}`` naming the field (400).
+Replies to POSTs are the new state, or ``{"error": ...}`` naming the field (400). Boxes
+(``layer_boxes``: one ``[x0, y0, x1, y1]`` in [0, 1] or null per layer; ``box``: the replaced
+layer's) need a box-conditioned model (``state.defaults.boxes``).
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ class AppSession:
                 "guidance": recipe["guidance_scale"],
                 "strength": recipe["restyle_strength"],
                 "size": self.pipe.default_size,
+                "boxes": bool(self.pipe.unet.config.get("box_condition", False)),
             },
             "document": None,
             "last": self.last,
@@ -138,6 +141,13 @@ class AppSession:
             guidance=fields.number(request, "guidance", None, 0.0, MAX_GUIDANCE),
         )
 
+    def _boxes(self, boxes: Any) -> Any:
+        """``boxes`` when the model takes boxes (or none are given); else a RequestError."""
+        if boxes is not None and not self.pipe.unet.config.get("box_condition", False):
+            raise fields.RequestError("layer_boxes: this model does not take boxes (train one with "
+                                      "box_condition: true, docs/decomposition.md)")
+        return boxes
+
     def _changed(self, action: str, settings: dict[str, Any], metadata: dict[str, Any]) -> None:
         self.version += 1
         self.last = {
@@ -156,11 +166,13 @@ class AppSession:
             raise fields.RequestError("prompt: empty; describe the picture")
         layer_prompts = fields.layer_prompts(request)
         num_layers = fields.integer(request, "num_layers", None, 2, 65)
+        boxes = self._boxes(fields.layer_boxes(request))
         sampling = self._sampling(request)
         image = self.pipe(
             prompt,
             layer_prompts=layer_prompts,
             num_layers=num_layers,
+            layer_boxes=boxes,
             num_inference_steps=sampling["steps"],
             guidance_scale=sampling["guidance"],
             generator=_generator(sampling["seed"]),
@@ -175,12 +187,14 @@ class AppSession:
         layer = document.check_layer(request.get("layer"))
         prompts = list(document.image.layer_prompts)
         prompts[layer] = fields.text(request, "prompt", prompts[layer])
+        box = self._boxes(fields.box(request.get("box"), "box"))
         sampling = self._sampling(request)
         keep = [i for i in range(document.num_layers) if i != layer]
         result = self.pipe.edit(
             document.image,
             keep,
             layer_prompts=prompts,
+            layer_boxes=None if box is None else [box if i == layer else None for i in range(len(prompts))],
             num_inference_steps=sampling["steps"],
             guidance_scale=sampling["guidance"],
             generator=_generator(sampling["seed"]),

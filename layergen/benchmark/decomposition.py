@@ -50,7 +50,6 @@ scene's layer count ``L = K + 1``.
 from __future__ import annotations
 
 import argparse
-import inspect
 import itertools
 import json
 import logging
@@ -68,6 +67,7 @@ from layergen.benchmark.synthetic import psnr
 from layergen.data.shapes import ShapeScenes
 from layergen.layers import LayeredImage
 from layergen.metrics.breakdown import Breakdown, markdown_table
+from layergen.pipelines.decomposition import PipelineDecomposer
 
 logger = logging.getLogger(__name__)
 
@@ -358,33 +358,6 @@ class ClassicalDecomposer:
         return decompose_image(self.chains[k], image, caption)
 
 
-class PipelineDecomposer:
-    """A pipeline's ``decompose``: ``pipe.decompose(image, num_layers=n[, prompt=caption])``.
-
-    ``image`` is ``(3, H, W)`` in [-1, 1]; ``prompt`` is passed when the method takes one.
-    The result is a ``LayeredImage`` or a sequence whose first item is one.
-
-    Raises:
-        TypeError: when the pipeline has no ``decompose`` method.
-    """
-
-    def __init__(self, pipe: Any) -> None:
-        if not callable(getattr(pipe, "decompose", None)):
-            raise TypeError(f"{type(pipe).__name__} has no decompose method: the pipeline cannot "
-                            "decompose images into layers")
-        self.pipe = pipe
-        self.takes_prompt = "prompt" in inspect.signature(pipe.decompose).parameters
-
-    def __call__(self, image: Tensor, caption: str, num_layers: int | None = None) -> LayeredImage:
-        extra = {"prompt": caption} if self.takes_prompt else {}
-        out = self.pipe.decompose(image, num_layers=num_layers, **extra)
-        if isinstance(out, Sequence) and out and isinstance(out[0], LayeredImage):
-            out = out[0]
-        if not isinstance(out, LayeredImage):
-            raise TypeError(f"decompose returned {type(out).__name__}, expected a LayeredImage")
-        return out
-
-
 # ----------------------------------------------------------------------------------------
 # Benchmark
 # ----------------------------------------------------------------------------------------
@@ -451,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-merges", type=int, default=MAX_MERGES)
     parser.add_argument("--free-count", action="store_true",
                         help="do not tell the decomposers the number of layers")
+    parser.add_argument("--no-caption", action="store_true",
+                        help="--model decomposes from pixels alone (no caption as its prompt)")
+    parser.add_argument("--steps", type=int, help="--model's denoising steps (default its recipe's)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser
 
@@ -473,7 +449,9 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, dict[str, float]]]:
         if not callable(getattr(pipe, "decompose", None)):
             raise SystemExit(f"--model {args.model}: its pipeline ({type(pipe).__name__}) has no "
                              "decompose method, so it cannot be benchmarked on decomposition")
-        decomposers[args.model] = PipelineDecomposer(pipe)
+        steps = {} if args.steps is None else {"num_inference_steps": args.steps}
+        name = args.model + (" (no caption)" if args.no_caption else "")
+        decomposers[name] = PipelineDecomposer(pipe, use_caption=not args.no_caption, **steps)
     return {name: decomposition_benchmark(d, references, args.max_merges, not args.free_count)
             for name, d in decomposers.items()}
 

@@ -52,6 +52,17 @@ def _map_layers(sample: LayeredImage, fn: Any) -> LayeredImage:
     return replace(sample, background=rgb[0], foregrounds=rgb[1:n], masks=masks, image=image)
 
 
+def _clamped(sample: LayeredImage) -> LayeredImage:
+    """RGB back in [-1, 1] and masks in [0, 1] after an interpolation."""
+    return replace(
+        sample,
+        background=sample.background.clamp(-1.0, 1.0),
+        foregrounds=sample.foregrounds.clamp(-1.0, 1.0),
+        masks=sample.masks.clamp(0.0, 1.0),
+        image=sample.image.clamp(-1.0, 1.0) if sample.image is not None else None,
+    )
+
+
 def resize_center_crop(sample: LayeredImage, size: int) -> LayeredImage:
     """Resize the shorter side to ``size`` and centre-crop to ``(size, size)``.
 
@@ -69,14 +80,16 @@ def resize_center_crop(sample: LayeredImage, size: int) -> LayeredImage:
         x = TF.resize(x, [size], interpolation=InterpolationMode.BILINEAR, antialias=True)
         return TF.center_crop(x, [size, size])
 
-    out = _map_layers(sample, fn)
-    return replace(
-        out,
-        background=out.background.clamp(-1.0, 1.0),
-        foregrounds=out.foregrounds.clamp(-1.0, 1.0),
-        masks=out.masks.clamp(0.0, 1.0),
-        image=out.image.clamp(-1.0, 1.0) if out.image is not None else None,
-    )
+    return _clamped(_map_layers(sample, fn))
+
+
+def resize(sample: LayeredImage, size: tuple[int, int]) -> LayeredImage:
+    """Resize every layer to ``size`` = ``(H, W)`` (the aspect ratio may change, nothing is cut)."""
+    if sample.size == tuple(size):
+        return sample
+    size = [int(size[0]), int(size[1])]
+    return _clamped(_map_layers(
+        sample, lambda x: TF.resize(x, size, interpolation=InterpolationMode.BILINEAR, antialias=True)))
 
 
 def horizontal_flip(sample: LayeredImage) -> LayeredImage:

@@ -38,6 +38,7 @@ from layergen.latent_layout import LatentLayout
 from layergen.layers import LayeredImage
 
 if TYPE_CHECKING:
+    from layergen.pipelines.image_conditions import BoxesArg
     from layergen.pipelines.layered_diffusion import LayeredPipelineOutput
 
 
@@ -135,6 +136,7 @@ class LayeredEditingMixin:
         output_type: str,
         layer_negatives: bool,
         restyle: tuple[int, float] | None = None,
+        layer_boxes: BoxesArg = None,
     ) -> LayeredPipelineOutput:
         layer_prompts = [list(layer_prompts)]
         num_layers = len(layer_prompts[0])
@@ -181,7 +183,9 @@ class LayeredEditingMixin:
             latents = torch.where(fixed[:, :, None, None, None], clean, noisy)
         else:
             latents = torch.where(fixed[:, :, None, None, None], clean, noise)
-        # 4. denoise the other layers; fixed layers stay clean at timestep 0
+        # 4. denoise the other layers; fixed layers stay clean at timestep 0 (boxes: where
+        #    the generated layers go, box-conditioned UNets)
+        unet_conditions = self.prepare_image_conditions(None, layer_boxes, 1, clean.shape[1], height, width)
         latents = self.denoise(
             latents,
             timesteps,
@@ -192,6 +196,7 @@ class LayeredEditingMixin:
             generator,
             fixed=fixed,
             fixed_latents=clean,
+            unet_conditions=unet_conditions,
         )
         if output_type == "latent":
             return self._output(latents, [], output_type)
@@ -222,6 +227,7 @@ class LayeredEditingMixin:
         generator: torch.Generator | None = None,
         output_type: str = "layered",
         layer_negatives: bool = True,
+        layer_boxes: BoxesArg = None,
     ) -> LayeredPipelineOutput:
         """Regenerate every layer not in ``keep`` (layer inpainting, LayerDiff A.4).
 
@@ -239,6 +245,8 @@ class LayeredEditingMixin:
             negative_prompt, num_inference_steps, guidance_scale, generator, output_type,
                 layer_negatives: as in ``__call__`` (steps and guidance default to the
                 pipeline's recipe).
+            layer_boxes: ``L`` boxes ``(x0, y0, x1, y1)`` in [0, 1] or None per layer, where
+                the regenerated layers go (box-conditioned UNets; as in ``__call__``).
 
         Returns:
             ``LayeredPipelineOutput`` with one ``LayeredImage`` whose kept layers equal the
@@ -270,6 +278,7 @@ class LayeredEditingMixin:
             generator,
             output_type,
             layer_negatives,
+            layer_boxes=layer_boxes,
         )
 
     @torch.no_grad()

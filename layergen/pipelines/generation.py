@@ -63,11 +63,12 @@ def generate_to_file(
     height: int | None = None,
     width: int | None = None,
     model_name: str = "",
+    layer_boxes: Sequence[Sequence[float] | None] | None = None,
 ) -> tuple[LayeredImage, Path]:
     """Generate one layered image and save it (``.psd``, ``.ora`` or a PNG folder).
 
     ``steps`` and ``guidance`` default to the pipeline's recipe; the manifest records the
-    values used.
+    values used (and the ``layer_boxes``, box-conditioned pipelines).
     """
     image = pipe(
         prompt,
@@ -79,13 +80,16 @@ def generate_to_file(
         generator=_generator(seed),
         height=height,
         width=width,
+        layer_boxes=layer_boxes,
     ).images[0]
+    boxes = {} if layer_boxes is None else {"layer_boxes": [None if b is None else list(b) for b in layer_boxes]}
     manifest = _manifest(
         model_name,
         seed,
         image.metadata["steps"],
         image.metadata["guidance"],
         negative_prompt=negative_prompt,
+        **boxes,
     )
     return image, save_layered(image, out, manifest)
 
@@ -104,6 +108,7 @@ def edit_to_file(
     steps: int | None = None,
     guidance: float | None = None,
     model_name: str = "",
+    layer_boxes: Sequence[Sequence[float] | None] | None = None,
 ) -> tuple[LayeredImage, Path]:
     """Edit a layered file: regenerate the layers not in ``keep``, or restyle one layer.
 
@@ -112,6 +117,7 @@ def edit_to_file(
         keep: layers kept bit-identical (``edit``); exclusive with ``restyle``.
         layer_prompts: new layer prompts (``edit``: all L; ``restyle``: one, the layer's).
         restyle: index of the layer to restyle with ``strength``.
+        layer_boxes: where the regenerated layers go (``edit``, box-conditioned pipelines).
         strength, steps, guidance: default to the pipeline's recipe.
     """
     if (keep is None) == (restyle is None):
@@ -124,6 +130,8 @@ def edit_to_file(
         guidance_scale=guidance,
         generator=_generator(seed),
     )
+    if restyle is not None and layer_boxes is not None:
+        raise ValueError("--boxes place regenerated layers (--keep); a restyled layer keeps its place")
     if restyle is not None:
         if layer_prompts is not None and len(layer_prompts) != 1:
             raise ValueError("--restyle takes one layer prompt (the restyled layer's)")
@@ -135,7 +143,7 @@ def edit_to_file(
             "strength": result.metadata["edit"]["strength"],
         }
     else:
-        result = pipe.edit(image, keep, layer_prompts=layer_prompts, **common).images[0]
+        result = pipe.edit(image, keep, layer_prompts=layer_prompts, layer_boxes=layer_boxes, **common).images[0]
         extra = {"source": str(source), "keep": sorted(keep)}
     steps, guidance = result.metadata["steps"], result.metadata["guidance"]
     manifest = _manifest(model_name, seed, steps, guidance, edit=extra)

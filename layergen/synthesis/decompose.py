@@ -10,7 +10,7 @@ caption's noun phrases, or colour names when there is no caption) name the layer
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +133,7 @@ def decompose_image(chain: SynthesisChain, image: torch.Tensor, caption: str = "
 
 
 def decompose_files(
-    chain: SynthesisChain,
+    chain: SynthesisChain | Callable[[torch.Tensor, str], LayeredImage],
     inputs: Sequence[str | Path],
     outputs: Sequence[str | Path],
     captions: Sequence[str] | None = None,
@@ -145,7 +145,8 @@ def decompose_files(
     others go on; the layer prompts name the layers of the written files.
 
     Args:
-        chain: the stage chain.
+        chain: the stage chain, or a learned decomposer ``(image (3, H, W) in [-1, 1],
+            caption) -> LayeredImage`` (:class:`~layergen.pipelines.decomposition.PipelineDecomposer`).
         inputs: image files.
         outputs: one output path per input; its suffix picks the format
             (:func:`layergen.export.save_layered`).
@@ -163,7 +164,11 @@ def decompose_files(
         source = Path(source)
         try:
             caption = captions[i] if captions is not None else _sidecar_caption(source)
-            layered = decompose_image(chain, load_image(source, max_size), caption, key=str(source))
+            image = load_image(source, max_size)
+            if isinstance(chain, SynthesisChain):
+                layered = decompose_image(chain, image, caption, key=str(source))
+            else:
+                layered = chain(image, caption)
         except ValueError as error:
             logger.warning("skipped %s", error)
             counts["skipped"] += 1

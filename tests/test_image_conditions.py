@@ -2,15 +2,15 @@
 
 import pytest
 import torch
-from pipeline_components import SIZE, small_scene, tiny_pipeline
+from pipeline_components import SIZE, small_scene, tiny_pipeline, tiny_unet_config
 
 from layergen.models.layered_unet import LayeredUNet
 from layergen.pipelines import LayeredDiffusionPipeline
 from layergen.pipelines.image_conditions import boxes_to_tensor, image_to_tensor
 
 
-def conditioned_pipeline(tmp_path, composite=True, boxes=True):
-    pipe = tiny_pipeline(tmp_path)
+def conditioned_pipeline(tmp_path, composite=True, boxes=True, layout="layers"):
+    pipe = tiny_pipeline(tmp_path, layout)
     pipe.unet.save_pretrained(tmp_path / "unet")
     unet = LayeredUNet.from_layered_unet(
         str(tmp_path / "unet"), composite_condition=composite, box_condition=boxes
@@ -44,6 +44,19 @@ def test_decompose_follows_the_picture_and_saves(tmp_path):
     pipe.save_pretrained(tmp_path / "saved")
     loaded = LayeredDiffusionPipeline.from_pretrained(tmp_path / "saved")
     assert loaded.unet.config.composite_condition and loaded.unet.config.box_condition
+
+
+def test_stacked_sd_latents_take_both_conditions(tmp_path):
+    # LayerDiff's full-scale layout: SD-VAE latents (B, 2L - 1, C, h, w), image + mask pairs
+    pipe = conditioned_pipeline(tmp_path, layout="stacked")
+    scene = small_scene(2)
+    out = pipe.decompose(scene.composite(), num_layers=3, num_inference_steps=2,
+                         layer_boxes=[None, (0.0, 0.0, 0.5, 0.5), None],
+                         generator=torch.Generator().manual_seed(0))
+    assert out.images[0].num_layers == 3 and out.images[0].size == (SIZE, SIZE)
+    with pytest.raises(ValueError, match="per-layer latent layout"):
+        LayeredUNet(unet_config=tiny_unet_config(), layer_blocks=False, prompt_enhancer="none",
+                    latent_layout="folded", composite_condition=True)
 
 
 def test_layer_boxes_reach_the_unet(tmp_path):

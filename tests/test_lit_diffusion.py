@@ -295,7 +295,8 @@ def test_stacked_sd_autoencoder_layouts(assets, tmp_path, layout):
         layers_per_block=1, norm_num_groups=4, sample_size=32,
     )).save_pretrained(tmp_path / "sd_ae")
     if layout == "stacked":  # LayerDiff on the SD VAE: (B, 5, 4, h, w) -> (B, 3, 8, h, w)
-        options = dict(mask_channels=4, latent_layout="stacked", clean_layers_prob=1.0)
+        options = dict(mask_channels=4, latent_layout="stacked", clean_layers_prob=1.0,
+                       composite_condition=True, box_condition=True)
         unet_config = UNET_CONFIG
     else:  # SD-AE-UNet: 5 latent layers folded into 20 channels
         options = dict(layer_blocks=False, prompt_enhancer="none", latent_layout="folded")

@@ -235,8 +235,9 @@ class LayeredUNet(ModelMixin, ConfigMixin):
             self.unet.conv_out = MaskConvOut(self.unet.conv_out, mask_channels)
             self.wrapped_paths.update({"conv_in": "image_conv", "conv_out": "image_conv"})
         if composite_condition or box_condition:
-            if latent_layout != "layers":
-                raise ValueError("LayeredUNet: composite/box conditions need latent_layout 'layers'")
+            if latent_layout == "folded":
+                raise ValueError("LayeredUNet: composite/box conditions need a per-layer latent layout "
+                                 "('layers' or 'stacked'), not 'folded'")
             self.unet.conv_in = ConditionedConvIn(
                 self.unet.conv_in, unet_config["in_channels"] + mask_channels, self.condition_channels
             )

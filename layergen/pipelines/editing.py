@@ -185,7 +185,7 @@ class LayeredEditingMixin:
             latents = torch.where(fixed[:, :, None, None, None], clean, noise)
         # 4. denoise the other layers; fixed layers stay clean at timestep 0 (boxes: where
         #    the generated layers go, box-conditioned UNets)
-        unet_conditions = self.prepare_image_conditions(None, layer_boxes, 1, clean.shape[1], height, width)
+        unet_conditions = self.prepare_image_conditions(None, layer_boxes, 1, num_layers, height, width)
         latents = self.denoise(
             latents,
             timesteps,

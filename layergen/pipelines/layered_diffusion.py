@@ -542,7 +542,7 @@ class LayeredDiffusionPipeline(
         )
         # 3b. image conditions: the composite to decompose, layer boxes
         unet_conditions = self.prepare_image_conditions(
-            image, layer_boxes, len(image_prompts), latents.shape[1], height, width
+            image, layer_boxes, len(image_prompts), layer_valid.shape[1], height, width
         )
         # 4. denoising loop
         latents = self.denoise(

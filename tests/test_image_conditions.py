@@ -187,3 +187,26 @@ def test_web_app_takes_layer_boxes(tmp_path):
     status, reply = post(plain, "/generate", {"prompt": "x", "layer_boxes": [None, [0, 0, 1, 1]]})
     assert status == 400 and "does not take boxes" in reply["error"]
     plain.close()
+
+
+def test_benchmark_rows_of_a_conditioned_pipeline(tmp_path):
+    from layergen.benchmark.decomposition import (
+        BoxedDecomposer,
+        TextToLayersDecomposer,
+        decomposition_benchmark,
+        scene_boxes,
+    )
+    from layergen.data.shapes import ShapeScenes
+    from layergen.pipelines.decomposition import PipelineDecomposer
+
+    pipe = conditioned_pipeline(tmp_path)
+    scenes = [ShapeScenes(size=32, seed=0, split="test", length=2)[i] for i in range(2)]  # resized
+    boxes = scene_boxes(scenes[0])
+    assert boxes.shape == (scenes[0].num_layers, 4) and boxes[0].tolist() == [0.0, 0.0, 1.0, 1.0]
+    rows = {
+        "decompose + boxes": BoxedDecomposer(PipelineDecomposer(pipe, num_inference_steps=2), scenes),
+        "text + boxes": TextToLayersDecomposer(pipe, scenes, boxes=True, num_inference_steps=2),
+    }
+    for decomposer in rows.values():
+        row = decomposition_benchmark(decomposer, scenes)["all"]
+        assert row["failure_rate"] == 0.0 and row["num_layers_pred"] == sum(s.num_layers for s in scenes) / 2

@@ -65,7 +65,8 @@ from torch import Tensor
 
 from layergen.benchmark.synthetic import psnr
 from layergen.data.shapes import ShapeScenes
-from layergen.layers import LayeredImage
+from layergen.data.transforms import resize
+from layergen.layers import LayeredImage, mask_boxes
 from layergen.metrics.breakdown import Breakdown, markdown_table
 from layergen.pipelines.decomposition import PipelineDecomposer
 
@@ -358,6 +359,45 @@ class ClassicalDecomposer:
         return decompose_image(self.chains[k], image, caption)
 
 
+def scene_boxes(scene: LayeredImage) -> Tensor:
+    """``(L, 4)`` layer boxes of a scene: the background's the whole frame, each foreground's
+    that of its visible mask (an empty mask: a zero box)."""
+    boxes = mask_boxes(scene.masks).nan_to_num(0.0)  # (K, 4)
+    return torch.cat([torch.tensor([[0.0, 0.0, 1.0, 1.0]]), boxes])
+
+
+class TextToLayersDecomposer:
+    """Text to layers scored as a decomposition: the pipeline generates from the scene's
+    caption and layer prompts alone (not its pixels), optionally given the scene's layer
+    boxes; with boxes, ``box_iou`` is the box adherence of generated masks."""
+
+    def __init__(self, pipe: Any, scenes: Sequence[LayeredImage], boxes: bool = False,
+                 seed: int = 0, **call_kwargs: Any) -> None:
+        self.pipe, self.boxes, self.seed, self.call_kwargs = pipe, boxes, seed, call_kwargs
+        self.truth = GroundTruthDecomposer(scenes)
+
+    def __call__(self, image: Tensor, caption: str, num_layers: int | None = None) -> LayeredImage:
+        scene = self.truth(image, caption)
+        extra = {"layer_boxes": scene_boxes(scene)} if self.boxes else {}
+        out = self.pipe(caption, layer_prompts=list(scene.layer_prompts),
+                        generator=torch.Generator().manual_seed(self.seed),
+                        **self.call_kwargs, **extra).images[0]
+        return resize(out, scene.size)  # the model's size -> the scene's
+
+
+class BoxedDecomposer:
+    """A pipeline decomposer given each scene's layer boxes (:func:`scene_boxes`, as in
+    training)."""
+
+    def __init__(self, decomposer: PipelineDecomposer, scenes: Sequence[LayeredImage]) -> None:
+        self.decomposer = decomposer
+        self.truth = GroundTruthDecomposer(scenes)
+
+    def __call__(self, image: Tensor, caption: str, num_layers: int | None = None) -> LayeredImage:
+        scene = self.truth(image, caption)
+        return self.decomposer(image, caption, num_layers, layer_boxes=scene_boxes(scene))
+
+
 # ----------------------------------------------------------------------------------------
 # Benchmark
 # ----------------------------------------------------------------------------------------
@@ -427,6 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-caption", action="store_true",
                         help="--model decomposes from pixels alone (no caption as its prompt)")
     parser.add_argument("--steps", type=int, help="--model's denoising steps (default its recipe's)")
+    parser.add_argument("--boxes", action="store_true",
+                        help="--model is given the ground-truth layer boxes (box-conditioned models)")
+    parser.add_argument("--text-to-layers", action="store_true",
+                        help="also score --model generating from the captions alone, without and "
+                        "with the layer boxes (box adherence)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser
 
@@ -450,8 +495,14 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, dict[str, float]]]:
             raise SystemExit(f"--model {args.model}: its pipeline ({type(pipe).__name__}) has no "
                              "decompose method, so it cannot be benchmarked on decomposition")
         steps = {} if args.steps is None else {"num_inference_steps": args.steps}
-        name = args.model + (" (no caption)" if args.no_caption else "")
-        decomposers[name] = PipelineDecomposer(pipe, use_caption=not args.no_caption, **steps)
+        name = args.model + (" (no caption)" if args.no_caption else "") + (" (boxes)" if args.boxes else "")
+        decomposer = PipelineDecomposer(pipe, use_caption=not args.no_caption, **steps)
+        decomposers[name] = BoxedDecomposer(decomposer, references) if args.boxes else decomposer
+        if args.text_to_layers:
+            decomposers[f"{args.model}: text"] = TextToLayersDecomposer(pipe, references, **steps)
+            if pipe.unet.config.get("box_condition", False):
+                decomposers[f"{args.model}: text + boxes"] = TextToLayersDecomposer(
+                    pipe, references, boxes=True, **steps)
     return {name: decomposition_benchmark(d, references, args.max_merges, not args.free_count)
             for name, d in decomposers.items()}
 

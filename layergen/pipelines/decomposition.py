@@ -53,14 +53,17 @@ class PipelineDecomposer:
         self.call_kwargs = call_kwargs
         self.parameters = inspect.signature(pipe.decompose).parameters
 
-    def __call__(self, image: Tensor, caption: str = "", num_layers: int | None = None) -> LayeredImage:
-        """Decompose ``image`` ``(3, H, W)`` in [-1, 1] into a ``LayeredImage`` of its size."""
+    def __call__(
+        self, image: Tensor, caption: str = "", num_layers: int | None = None, **extra: Any
+    ) -> LayeredImage:
+        """Decompose ``image`` ``(3, H, W)`` in [-1, 1] into a ``LayeredImage`` of its size;
+        ``extra`` goes to ``decompose`` (e.g. ``layer_boxes``)."""
         size = tuple(image.shape[-2:])
         side = getattr(self.pipe, "default_size", None)
         if side is not None and size != (side, side):
             image = F.interpolate(image[None], size=(side, side), mode="bilinear", antialias=True,
                                   align_corners=False)[0].clamp(-1.0, 1.0)
-        kwargs = dict(self.call_kwargs)
+        kwargs = {**self.call_kwargs, **extra}
         if self.use_caption and "prompt" in self.parameters:
             kwargs["prompt"] = caption
         if self.layer_prompts is not None:

@@ -412,13 +412,17 @@ class LayeredDiffusionModule(pl.LightningModule):
         scheduler = DDIMScheduler.from_config(
             self.noise_scheduler.config, clip_sample=False, set_alpha_to_one=False
         )
+        # the family of the exported network (with unet_init it is the saved UNet's, not the
+        # layer_blocks argument's default)
+        layer_blocks = (self.inference_unet.config.layer_blocks if self.hparams.get("unet_init")
+                        else self.hparams.layer_blocks)
         pipeline = LayeredDiffusionPipeline(
             autoencoder=self.autoencoder,
             unet=self.inference_unet,
             text_encoder=self.text_encoder,
             tokenizer=self.tokenizer,
             scheduler=scheduler,
-            **family_recipe(self.unet.config.layer_blocks, self.hparams.get("sampling")),
+            **family_recipe(layer_blocks, self.hparams.get("sampling")),
         )
         directory = Path(directory)
         pipeline.save_pretrained(directory, safe_serialization=True)

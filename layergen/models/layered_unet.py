@@ -327,7 +327,7 @@ class LayeredUNet(ModelMixin, ConfigMixin):
         """A saved ``LayeredUNet`` (e.g. a pipeline's ``unet/``) with config options changed:
         its weights carry over and the new condition inputs (``composite_condition``,
         ``box_condition``) start at zero, so the result first behaves as the saved model."""
-        base = cls.from_pretrained(name_or_path, subfolder=subfolder)
+        base = cls.from_pretrained(name_or_path, subfolder=subfolder, use_safetensors=True)
         config = {k: v for k, v in base.config.items() if not k.startswith("_")}
         model = cls(**{**config, **options})
         state = {}

@@ -19,7 +19,7 @@ from pathlib import Path
 from layergen.app import AppSession, make_app_server
 from layergen.console import configure_console
 from layergen.devices import DTYPES, add_device_arguments, resolve_device
-from layergen.pipelines.generation import load_pipeline
+from layergen.pipelines import load_pipeline
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "demo-reference"
 

@@ -18,8 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
+from layergen.apps.demo import run_demo
 from layergen.console import configure_console
-from layergen.pipelines.readme_demo import run_demo
 
 ROOT = Path(__file__).resolve().parent
 CONFIGS = ROOT / "configs" / "demo"

@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             forwarded += ["--autoencoder", args.autoencoder]
         return benchmark_main(forwarded)
 
+    from layergen.apps.evaluation import evaluate_model
     from layergen.metrics import MissingWeightsError
-    from layergen.metrics.evaluation import evaluate_model
 
     try:
         result = evaluate_model(args)

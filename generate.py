@@ -9,9 +9,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from layergen.apps.generation import edit_to_file, generate_to_file
 from layergen.console import configure_console
 from layergen.devices import DTYPES, add_device_arguments, resolve_device
-from layergen.pipelines.generation import edit_to_file, generate_to_file, load_pipeline
+from layergen.pipelines import load_pipeline
 
 EPILOG = r"""examples:
   M=outputs/demo/ldm/pretrained   # the pipeline the README demo trains

@@ -20,10 +20,10 @@ import torch
 from diffusers import DDIMScheduler
 from torch import nn
 
+from layergen.apps.evaluation import EvaluationSettings, generate_missing, score
 from layergen.benchmark import ForegroundSegmenter, ShapeProbe, score_generated
 from layergen.data.shapes import ShapeScenes, vocabulary
 from layergen.metrics import FidelityMetrics
-from layergen.metrics.evaluation import EvaluationSettings, generate_missing, score
 from layergen.metrics.samples import SampleStore
 from layergen.models import PerLayerAutoencoder
 from layergen.models.layered_unet import LayeredUNet

@@ -39,10 +39,11 @@ COMPETITOR = (
 def measure(steps: int, batch_size: int) -> None:
     """In the child: build the demo modules, cache scenes, print samples/s of ``steps`` steps."""
     import torch
-
     from bench_train_step import build_module, time_steps
+
+    from layergen.apps.cache_latents import encode_latent_samples
     from layergen.data.datamodule import LayeredDataModule
-    from layergen.data.latents import InMemoryLatents, ShuffledBatches, encode_latent_samples
+    from layergen.data.latents import InMemoryLatents, ShuffledBatches
     from layergen.models.text_encoder import encode_prompts
 
     torch.manual_seed(0)

@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 import yaml
 
+from layergen.apps.cache_latents import encode_latent_samples
 from layergen.data.datamodule import LayeredDataModule
-from layergen.data.latents import InMemoryLatents, ShuffledBatches, encode_latent_samples
+from layergen.data.latents import InMemoryLatents, ShuffledBatches
 from layergen.data.shapes import vocabulary
 from layergen.lit.diffusion import LayeredDiffusionModule
 from layergen.models import PerLayerAutoencoder
@@ -96,7 +97,7 @@ def main() -> None:
         for size in args.batch_sizes:
             sampler = ShuffledBatches(len(cache), size)
 
-            def latent_batches():
+            def latent_batches(sampler=sampler):
                 while True:
                     for indices in sampler:
                         yield cache[indices]

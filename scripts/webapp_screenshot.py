@@ -21,7 +21,7 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 from layergen.app import AppSession, make_app_server
-from layergen.pipelines.generation import load_pipeline
+from layergen.pipelines import load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a large red star on the left and a small yellow circle on a blue striped background"

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from layergen.cli import cli_main
 from layergen.console import configure_console
-from layergen.pipelines.readme_demo import train_with_cli
+from layergen.apps.demo import train_with_cli
 
 root, config = Path(sys.argv[1]), Path(sys.argv[2])
 configure_console()  # as train.py
@@ -98,7 +98,7 @@ def test_small_training_runs_are_quiet_and_show_progress(tmp_path):
 def test_library_import_leaves_logging_alone():
     """Importing layergen (and Lightning through it) configures nothing of the user's."""
     code = ("import logging, warnings; "
-            "import layergen.cli, layergen.console, layergen.pipelines.readme_demo; "
+            "import layergen.cli, layergen.console, layergen.apps.demo; "
             "assert not logging.getLogger().handlers; "
             "assert logging.getLogger('lightning').handlers; "
             "assert not any('LightningCLI' in str(f[1]) for f in warnings.filters)")

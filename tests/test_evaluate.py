@@ -6,15 +6,15 @@ from pipeline_components import tiny_pipeline
 from test_metrics import TinyFeatures
 
 import evaluate
-from layergen.data.shapes import ShapeScenes
-from layergen.metrics import FidelityMetrics
-from layergen.metrics.evaluation import (
+from layergen.apps.evaluation import (
     EvaluationSettings,
     check_resume,
     generate_missing,
     load_references,
     run_evaluation,
 )
+from layergen.data.shapes import ShapeScenes
+from layergen.metrics import FidelityMetrics
 from layergen.metrics.samples import SampleStore, sample_key
 
 

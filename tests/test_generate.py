@@ -160,7 +160,7 @@ def test_colour_check_on_ground_truth_scenes():
 
 
 def test_demo_prompt_helpers():
-    from layergen.pipelines.readme_demo import replace_background_phrase, replacement_prompt
+    from layergen.apps.demo import replace_background_phrase, replacement_prompt
 
     assert replacement_prompt("a small red star", {"red"}) == "a small orange circle"
     assert (

@@ -8,7 +8,7 @@ is meant to), re-runs it and checks what was kept, lost and redone:
   save_last=True, every_n_train_steps=K)``): killed during a step, and during the write of
   ``last.ckpt``; ``--ckpt_path last`` resumes and finishes at ``max_steps``, and the
   checkpoint on disk always loads with ``torch.load(weights_only=True)``;
-* latent caching (``python -m layergen.data.cache_latents``): killed in the middle of a shard;
+* latent caching (``python -m layergen.apps.cache_latents``): killed in the middle of a shard;
 * evaluation (``evaluate.py``): killed between writing a sample and renaming it.
 
 What "resume" reproduces in training (asserted below, documented in docs/reliability.md):
@@ -296,9 +296,9 @@ def stalled_main(kind: str, stall_at: str, log: str, *args: str) -> None:
         return wrapper
 
     if kind == "cache":
-        from layergen.data import cache_latents, latents
+        from layergen.apps import cache_latents
 
-        latents.encode_latent_samples = stalling(latents.encode_latent_samples, before=True)
+        cache_latents.encode_latent_samples = stalling(cache_latents.encode_latent_samples, before=True)
         cache_latents.main(list(args))
     else:
         from layergen.metrics import samples
@@ -346,7 +346,7 @@ def _latent_samples(directory: Path) -> list[dict[str, Any]]:
 
 @pytest.mark.slow
 def test_kill_during_latent_caching_redoes_only_the_shard_being_written(models, tmp_path):
-    from layergen.data import cache_latents
+    from layergen.apps import cache_latents
 
     def arguments(out: Path) -> list[str]:
         return ["--scenes", "12", "--size", "32", "--split", "val", "--out", str(out),
@@ -363,7 +363,7 @@ def test_kill_during_latent_caching_redoes_only_the_shard_being_written(models, 
     assert not (out / "latents-000001.tar").exists() and not (out / "empty_prompt.safetensors").exists()
     kept = _unchanged(first)
 
-    text = run([sys.executable, "-m", "layergen.data.cache_latents", *arguments(out)], output)
+    text = run([sys.executable, "-m", "layergen.apps.cache_latents", *arguments(out)], output)
     assert "resuming: 1 shards of" in text
     assert _unchanged(first) == kept  # not encoded again
     assert sorted(p.name for p in out.iterdir()) == [
@@ -376,7 +376,7 @@ def test_kill_during_latent_caching_redoes_only_the_shard_being_written(models, 
         for name in ("latents", "prompt_embeds", "layer_prompt_embeds"):
             torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-6)
     # a finished cache is left alone
-    again = run([sys.executable, "-m", "layergen.data.cache_latents", *arguments(out)], output)
+    again = run([sys.executable, "-m", "layergen.apps.cache_latents", *arguments(out)], output)
     assert "the cache is complete (3 shards)" in again and _unchanged(first) == kept
 
 

@@ -2,6 +2,7 @@
 export, latent caching, 2-process DDP."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,8 @@ import torch
 import yaml
 from pipeline_components import save_training_assets
 
+from layergen.apps import cache_latents as cache_latents_command
 from layergen.cli import cli_main
-from layergen.data import cache_latents as cache_latents_command
 from layergen.data.latents import LatentDataModule
 from layergen.data.shapes import ShapeScenes
 from layergen.data.shards import read_shards, write_shards
@@ -205,7 +206,8 @@ def test_cached_latents_train_like_images(assets, tmp_path):
     ])
     paths = sorted(str(p) for p in (tmp_path / "latents").glob("*.tar"))
     assert len(paths) == 1 and not list((tmp_path / "latents").glob("*.tmp"))
-    data = LatentDataModule(str(paths[0]), str(assets / "te"), val_shards=str(paths[0]), batch_size=4,
+    empty = str(tmp_path / "latents" / "empty_prompt.safetensors")
+    data = LatentDataModule(str(paths[0]), empty_embedding=empty, val_shards=str(paths[0]), batch_size=4,
                             shuffle_buffer=0)
     data.setup("fit")
     batch = next(iter(data.val_dataloader()))
@@ -253,9 +255,12 @@ def test_scene_latents_in_memory_equal_the_streamed_batches(assets, tmp_path):
     cached = make_module(assets).prepare_batch(reference)
     valid = reference.layer_valid
     torch.testing.assert_close(cached[0][valid], direct[0][valid], atol=1e-5, rtol=0)
-    with pytest.raises(FileNotFoundError, match="empty-prompt embedding"):
-        (out / "empty_prompt.safetensors").unlink()
+    (out / "empty_prompt.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{out / 'empty_prompt.safetensors'}: no empty-prompt")):
         LatentDataModule(shard, in_memory=True).setup("fit")
+    elsewhere = tmp_path / "empty.safetensors"
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{elsewhere}: no empty-prompt")):
+        LatentDataModule(shard, empty_embedding=str(elsewhere)).setup("fit")
 
 
 @pytest.mark.slow
@@ -375,7 +380,7 @@ def test_image_conditions_cached_like_images_dropped_and_fine_tuned_from_a_saved
         "--text-encoder", str(assets / "te"), "--batch-size", "3",
     ])
     path = str(next((tmp_path / "latents").glob("*.tar")))
-    data = LatentDataModule(path, str(assets / "te"), val_shards=path, batch_size=4, shuffle_buffer=0)
+    data = LatentDataModule(path, val_shards=path, batch_size=4, shuffle_buffer=0)
     data.setup("fit")
     batch = next(iter(data.val_dataloader()))
     plain = make_module(assets)

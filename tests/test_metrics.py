@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from layergen.apps.evaluation import score
 from layergen.data.shapes import ShapeScenes
 from layergen.layers import LayeredImage
 from layergen.metrics import (
@@ -19,7 +20,6 @@ from layergen.metrics import (
     markdown_table,
     mask_iou,
 )
-from layergen.metrics.evaluation import score
 from layergen.metrics.fid import InceptionFeatures
 
 

@@ -1,28 +1,26 @@
-"""Cached latents: encode layered shards once, then train the diffusion model from them.
+"""Cached latents: layered shards encoded once, read back to train the diffusion model.
 
 Encoding every batch with the frozen autoencoder and text encoder is the largest avoidable
-cost of latent-diffusion training. :func:`cache_latents` reads layered shards
-(:func:`layergen.data.shards.read_shards`), encodes each sample once and writes WebDataset
-latent shards, one tar member per field of a key:
+cost of latent-diffusion training. ``python -m layergen.apps.cache_latents``
+(:func:`layergen.apps.cache_latents.cache_latents`) encodes each sample once and writes
+WebDataset latent shards (:func:`write_latent_shards`), one tar member per field of a key:
 
 - ``{key}.latents.safetensors``: ``latents`` ``(L', C, h, w)`` (the posterior mode,
   *unscaled*: the diffusion module multiplies by ``scaling_factor``), ``prompt_embeds``
   ``(S, D)`` and ``layer_prompt_embeds`` ``(L, S, D)`` (``T(y)``, ``T(p_i)``), and for
   composite- and box-conditioned training ``composite_latents`` ``(C, h, w)`` (the composite
-  encoded as one layer, unscaled) and ``layer_boxes`` ``(L, 4)`` (:func:`~layergen.layers.mask_boxes`
-  of the layers' masks, the background's the whole frame); caches written before these
-  fields existed still load (the batch then has none);
-- ``{key}.json``: prompt, layer prompts, key.
+  encoded as one layer, unscaled: :func:`encode_composites`) and ``layer_boxes`` ``(L, 4)``
+  (:func:`layer_boxes`); caches written before these fields existed still load (the batch
+  then has none);
+- ``{key}.json``: prompt, layer prompts, key;
 
-Each shard is written to a temporary file and renamed when complete; ``cache_progress.json``
-records what the cache is made from and how many shards are complete, so that a killed run
-re-run with the same inputs encodes only the shards not yet written (:func:`cache_latents`).
-:class:`LatentDataModule` reads them back as :class:`LatentBatch` es padded to ``L`` layers.
+and ``T("")`` beside them (:data:`EMPTY_PROMPT_FILE`, :func:`load_empty_embedding`), so
+that reading the cache loads no model. :class:`LatentDataModule` reads the shards back as
+:class:`LatentBatch` es padded to ``L`` layers.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -43,8 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from layergen import limits
 from layergen.data.sharding import samples_per_worker, shard_stages
 from layergen.latent_layout import PACKINGS, LatentLayout
-from layergen.layers import LayeredBatch, LayeredImage, composite_layers, mask_boxes
-from layergen.models.text_encoder import encode_prompts
+from layergen.layers import composite_layers, mask_boxes
 
 logger = logging.getLogger(__name__)
 
@@ -218,45 +215,6 @@ def _check_latent_sample(meta: Any, tensors: dict[str, Tensor]) -> dict[str, Any
 
 
 @torch.no_grad()
-def encode_latent_samples(
-    samples: Sequence[LayeredImage],
-    autoencoder: Any,
-    tokenizer: Any,
-    text_encoder: Any,
-) -> list[dict[str, Any]]:
-    """Encode layered images into cached-latent samples (see the module docstring)."""
-    batch = LayeredBatch.collate(samples)
-    device = next(autoencoder.parameters()).device
-    latents = autoencoder.encode(
-        batch.images.to(device), batch.masks.to(device), batch.layer_valid.to(device)
-    ).latent_dist.mode()
-    full_layers = batch.layer_valid.shape[1]
-    layout = LatentLayout.infer(full_layers, latents.shape[1])
-    composites = encode_composites(autoencoder, batch.images.to(device), batch.masks.to(device)).cpu()
-    boxes = layer_boxes(batch.masks, batch.layer_valid)
-    texts = list(batch.prompts) + [p for lp in batch.layer_prompts for p in lp]
-    embeds = encode_prompts(tokenizer, text_encoder, texts).half().cpu()
-    layer_embeds = embeds[len(samples) :].unflatten(0, (len(samples), full_layers))
-    out = []
-    for b, sample in enumerate(samples):
-        n = sample.num_layers
-        z = layout.unpad(latents[b].float().cpu(), n, full_layers)
-        out.append(
-            {
-                "key": str(sample.metadata.get("key", sample.metadata.get("index", b))),
-                "prompt": sample.prompt,
-                "layer_prompts": list(sample.layer_prompts),
-                "latents": z.contiguous(),
-                "prompt_embeds": embeds[b].contiguous(),
-                "layer_prompt_embeds": layer_embeds[b, :n].contiguous(),
-                "composite_latents": composites[b].float().contiguous(),
-                "layer_boxes": boxes[b, :n].contiguous(),
-            }
-        )
-    return out
-
-
-@torch.no_grad()
 def encode_composites(autoencoder: Any, images: Tensor, masks: Tensor) -> Tensor:
     """The composites of a padded layered batch, each encoded as a one-layer image.
 
@@ -324,142 +282,24 @@ def write_latent_shards(
 
 
 EMPTY_PROMPT_FILE = "empty_prompt.safetensors"
-PROGRESS_FILE = "cache_progress.json"
 SHARD_PREFIX = "latents"
 
 
-def _fingerprint(model: str) -> list[Any]:
-    """A model's path or hub id and, when it is local, the size and modification time of
-    each of its files (a model re-trained in place is another model)."""
-    path = Path(model)
-    if not path.exists():
-        return [model]
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return [model] + [
-        [
-            p.relative_to(path).as_posix() if p != path else p.name,
-            p.stat().st_size,
-            p.stat().st_mtime_ns,
-        ]
-        for p in files
-    ]
-
-
-def _write_progress(path: Path, progress: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(progress))
-    os.replace(tmp, path)
-
-
-def _completed_shards(out_dir: Path, identity: dict[str, Any] | None) -> tuple[int, bool]:
-    """``(complete shards, whether the cache is finished)`` recorded for ``identity``."""
-    path = out_dir / PROGRESS_FILE
-    if identity is None or not path.is_file():
-        return 0, False
-    try:
-        progress = json.loads(path.read_text())
-    except ValueError:
-        return 0, False
-    if not isinstance(progress, dict) or progress.get("identity") != identity:
-        logger.info("%s: made from other inputs; encoding everything again", path)
-        return 0, False
-    return int(progress.get("shards", 0)), bool(progress.get("finished", False))
-
-
-def cache_latents(
-    shards: str | list[str] | None,
-    out_dir: str | Path,
-    autoencoder: str,
-    text_encoder: str,
-    batch_size: int = 32,
-    samples_per_shard: int = 1000,
-    device: str = "cpu",
-    samples: Iterable[LayeredImage] | None = None,
-    source: dict[str, Any] | None = None,
-) -> list[Path]:
-    """Encode layered shards (or ``samples``) into latent shards with a frozen autoencoder
-    and text encoder; ``T("")`` goes beside them (:data:`EMPTY_PROMPT_FILE`) so that reading
-    the cache loads no model.
-
-    Resumable: :data:`PROGRESS_FILE` records what the cache is made from (``shards``, or
-    ``source``, a description of ``samples``; both models' files; ``samples_per_shard``) and
-    the number of complete shards, after each shard. A re-run with the same inputs skips
-    (reads but does not encode) the samples of the complete shards, so a killed run loses
-    at most the shard it was writing; a finished cache is returned as it is. With other
-    inputs, or ``samples`` without ``source``, everything is encoded again.
-
-    Returns:
-        Every shard of the cache, in order.
-    """
-    from layergen.data.shards import read_shards
-    from layergen.models.loading import load_autoencoder
-    from layergen.models.text_encoder import load_text_encoder
-
-    if (shards is None) == (samples is None):
-        raise ValueError("cache_latents: give exactly one of `shards` or `samples`")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    identity = None
-    if samples is None or source is not None:
-        identity = {
-            "shards": shards,
-            "source": source,
-            "samples_per_shard": samples_per_shard,
-            "fields": CACHE_FIELDS_VERSION,
-            "autoencoder": _fingerprint(autoencoder),
-            "text_encoder": _fingerprint(text_encoder),
-        }
-    done, finished = _completed_shards(out_dir, identity)
-    previous = [out_dir / f"{SHARD_PREFIX}-{i:06d}.tar" for i in range(done)]
-    if finished and all(p.is_file() for p in previous) and (out_dir / EMPTY_PROMPT_FILE).is_file():
-        logger.info("%s: the cache is complete (%d shards)", out_dir, done)
-        return previous
-    if done:
-        logger.info("resuming: %d shards of %s already written", done, out_dir)
-
-    def record(count: int, finished: bool = False) -> None:
-        if identity is not None:
-            progress = {"identity": identity, "shards": count, "finished": finished}
-            _write_progress(out_dir / PROGRESS_FILE, progress)
-
-    record(done)  # replaces the record of another cache before any of its shards is overwritten
-    if identity is None:
-        (out_dir / PROGRESS_FILE).unlink(missing_ok=True)
-    ae = load_autoencoder(autoencoder).to(device).eval()
-    tokenizer, te = load_text_encoder(text_encoder)
-    te.to(device)
-
-    def encoded() -> Iterator[dict[str, Any]]:
-        chunk: list[LayeredImage] = []
-        source_samples = read_shards(shards) if samples is None else samples
-        for sample in itertools.islice(source_samples, done * samples_per_shard, None):
-            chunk.append(sample)
-            if len(chunk) == batch_size:
-                yield from encode_latent_samples(chunk, ae, tokenizer, te)
-                chunk = []
-        if chunk:
-            yield from encode_latent_samples(chunk, ae, tokenizer, te)
-
-    paths = previous + write_latent_shards(
-        encoded(), out_dir, samples_per_shard, SHARD_PREFIX, done, record
-    )
-    empty = encode_prompts(tokenizer, te, [""])[0].half().cpu().contiguous()
-    tmp = out_dir / (EMPTY_PROMPT_FILE + ".tmp")
-    tmp.write_bytes(save_safetensors({"empty_prompt_embeds": empty}))
-    os.replace(tmp, out_dir / EMPTY_PROMPT_FILE)
-    record(len(paths), finished=True)
-    logger.info("wrote %d latent shards to %s", len(paths), out_dir)
-    return paths
-
-
-def load_empty_embedding(shards: str | list[str]) -> Tensor:
-    """``T("")`` ``(S, D)`` written by :func:`cache_latents` beside local latent shards."""
+def empty_embedding_path(shards: str | list[str]) -> Path:
+    """Where caching writes ``T("")``: :data:`EMPTY_PROMPT_FILE` beside the first shard."""
     first = shards if isinstance(shards, str) else shards[0]
-    path = Path(first).parent / EMPTY_PROMPT_FILE
+    return Path(first).parent / EMPTY_PROMPT_FILE
+
+
+def load_empty_embedding(shards: str | list[str], path: str | Path | None = None) -> Tensor:
+    """``T("")`` ``(S, D)`` from ``path``, by default the file caching wrote beside local
+    latent shards (:func:`empty_embedding_path`)."""
+    path = empty_embedding_path(shards) if path is None else Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path}: no empty-prompt embedding beside the latent shards; re-run "
-            "python -m layergen.data.cache_latents, or give the data module its text_encoder"
+            f"{path}: no empty-prompt embedding (the {EMPTY_PROMPT_FILE} that "
+            "python -m layergen.apps.cache_latents writes beside the latent shards); re-run it, "
+            "or give the data module's empty_embedding"
         )
     return load_safetensors(path.read_bytes())["empty_prompt_embeds"]
 
@@ -535,12 +375,13 @@ def _unbatched(batch: LatentBatch) -> LatentBatch:
 
 
 class LatentDataModule(pl.LightningDataModule):
-    """Train/val :class:`LatentBatch` es from latent shards written by :func:`cache_latents`.
+    """Train/val :class:`LatentBatch` es from cached latent shards (``layergen.apps.cache_latents``).
 
     Args:
         train_shards, val_shards: shard URLs (brace pattern or list).
-        text_encoder: the text encoder used for caching (hub id or path): gives ``T("")``
-            for padded layers; None reads the ``T("")`` that caching wrote beside the shards.
+        empty_embedding: the ``T("")`` of padded layers: the empty-prompt safetensors caching
+            writes (:data:`EMPTY_PROMPT_FILE`); None: the one beside the first (local) train
+            shard.
         max_foregrounds: batches are padded to ``L = max_foregrounds + 1`` layers.
         batch_size, num_workers, shuffle_buffer, seed: loading.
         train_samples_per_epoch: resample training shards into epochs of this many samples
@@ -553,7 +394,7 @@ class LatentDataModule(pl.LightningDataModule):
     def __init__(
         self,
         train_shards: str | list[str],
-        text_encoder: str | None = None,
+        empty_embedding: str | None = None,
         val_shards: str | list[str] | None = None,
         max_foregrounds: int = 2,
         batch_size: int = 32,
@@ -564,22 +405,13 @@ class LatentDataModule(pl.LightningDataModule):
         in_memory: bool = False,
     ) -> None:
         super().__init__()
-        # not a hyper-parameter: the diffusion module logs the text encoder it loads (the
-        # logger refuses one key with two values, e.g. None here and a path there)
-        self.save_hyperparameters(ignore=["text_encoder"])
-        self.text_encoder = text_encoder
+        self.save_hyperparameters()
         self.collate: LatentCollate | None = None
         self._in_memory: dict[bool, InMemoryLatents] = {}
 
     def setup(self, stage: str | None = None) -> None:
-        if self.collate is None and self.text_encoder is None:
-            empty = load_empty_embedding(self.hparams.train_shards)
-            self.collate = LatentCollate(self.hparams.max_foregrounds + 1, empty)
         if self.collate is None:
-            from layergen.models.text_encoder import load_text_encoder
-
-            tokenizer, te = load_text_encoder(self.text_encoder)
-            empty = encode_prompts(tokenizer, te, [""])[0].half()
+            empty = load_empty_embedding(self.hparams.train_shards, self.hparams.empty_embedding)
             self.collate = LatentCollate(self.hparams.max_foregrounds + 1, empty)
 
     def _in_memory_loader(self, urls: str | list[str], train: bool) -> DataLoader:

@@ -222,7 +222,7 @@ class LayeredDiffusionModule(pl.LightningModule):
             if isinstance(batch, LatentBatch):
                 if batch.composite_latents is None:
                     raise ValueError("composite_condition: the cached latents have no composite_latents "
-                                     "(re-run python -m layergen.data.cache_latents)")
+                                     "(re-run python -m layergen.apps.cache_latents)")
                 composite = batch.composite_latents
             else:
                 composite = encode_composites(self.autoencoder, batch.images, batch.masks)
@@ -234,7 +234,7 @@ class LayeredDiffusionModule(pl.LightningModule):
             if isinstance(batch, LatentBatch):
                 if batch.layer_boxes is None:
                     raise ValueError("box_condition: the cached latents have no layer_boxes "
-                                     "(re-run python -m layergen.data.cache_latents)")
+                                     "(re-run python -m layergen.apps.cache_latents)")
                 boxes = batch.layer_boxes
             else:
                 boxes = layer_boxes(batch.masks, batch.layer_valid)

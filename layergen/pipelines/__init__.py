@@ -1,13 +1,13 @@
 """Inference: the layered diffusion pipeline, layer editing and layer-prompt parsing."""
 
 from layergen.pipelines.editing import merge_kept_layers
-from layergen.pipelines.generation import edit_to_file, generate_to_file, load_pipeline
 from layergen.pipelines.layer_prompts import derive_layer_prompts
 from layergen.pipelines.layered_diffusion import (
     LayeredDiffusionPipeline,
     LayeredPipelineOutput,
     layerdiff_negative_prompts,
 )
+from layergen.pipelines.loading import load_pipeline
 from layergen.pipelines.recipe import FAMILY_RECIPES, LEGACY_RECIPE, family_recipe
 
 __all__ = [
@@ -16,9 +16,7 @@ __all__ = [
     "LayeredDiffusionPipeline",
     "LayeredPipelineOutput",
     "derive_layer_prompts",
-    "edit_to_file",
     "family_recipe",
-    "generate_to_file",
     "layerdiff_negative_prompts",
     "load_pipeline",
     "merge_kept_layers",

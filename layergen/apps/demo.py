@@ -6,7 +6,7 @@ Steps (``run_demo``):
 2. train the demo per-layer autoencoder (``configs/demo/ae.yaml``) through LightningCLI; its
    ``SavePretrained`` callback exports it;
 3. encode the training and validation scenes once with the frozen autoencoder and text
-   encoder (:func:`layergen.data.latents.cache_latents`), then train the demo layered
+   encoder (:func:`layergen.apps.cache_latents.cache_latents`), then train the demo layered
    diffusion model (``configs/demo/ldm.yaml``) on those cached latents; the callback exports
    a ``LayeredDiffusionPipeline`` directory;
 4. generate layered images for held-out prompts (the test split of the synthetic scenes);
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import yaml
 
+from layergen.apps.cache_latents import cache_latents
 from layergen.console import progress_line
-from layergen.data.latents import cache_latents
 from layergen.data.shapes import COLORS, SHAPES, ShapeScenes, describe_background, vocabulary
 from layergen.export import save_contact_sheet, save_layered
 from layergen.layers import BACKGROUND_PROMPT, LayeredImage

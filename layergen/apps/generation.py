@@ -1,4 +1,5 @@
-"""Generate or edit one layered image and write it to a file (the logic of ``generate.py``)."""
+"""Generate or edit one layered image and write it to a file (the logic of ``generate.py``;
+the pipeline comes from :func:`layergen.pipelines.load_pipeline`)."""
 
 from __future__ import annotations
 
@@ -14,32 +15,6 @@ from layergen.layers import LayeredImage
 from layergen.pipelines.layered_diffusion import LayeredDiffusionPipeline
 
 logger = logging.getLogger(__name__)
-
-
-def load_pipeline(
-    model: str | Path,
-    autoencoder: str | Path | None = None,
-    text_encoder: str | None = None,
-    device: str | torch.device = "cpu",
-) -> LayeredDiffusionPipeline:
-    """Load a pipeline from a directory / hub id (``from_pretrained``) or from checkpoints.
-
-    Args:
-        model: pipeline directory or hub id, or a ``LayeredDiffusionModule`` ``.ckpt``.
-        autoencoder: with a ``.ckpt`` model, the autoencoder directory or ``.ckpt``.
-        text_encoder: with a ``.ckpt`` model, overrides the recorded text encoder.
-        device: where to run.
-    """
-    model = str(model)
-    if model.endswith(".ckpt"):
-        if autoencoder is None:
-            raise ValueError(
-                f"{model}: a diffusion checkpoint needs --autoencoder (directory or .ckpt)"
-            )
-        pipe = LayeredDiffusionPipeline.from_checkpoints(autoencoder, model, text_encoder)
-    else:
-        pipe = LayeredDiffusionPipeline.from_pretrained(model, use_safetensors=True)
-    return pipe.to(device)
 
 
 def _generator(seed: int) -> torch.Generator:

@@ -33,7 +33,7 @@ def _measure(kind: str, args: argparse.Namespace, queue: mp.Queue) -> None:
 
     from layergen.losses.image_loss import image_loss, kl_loss
     from layergen.losses.mask_loss import mask_loss
-    from layergen.models import LayeredAutoencoder
+    from layergen.models import JointAutoencoder
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -45,7 +45,7 @@ def _measure(kind: str, args: argparse.Namespace, queue: mp.Queue) -> None:
     }
     batch = _batch(args.size, args.batch, args.device)
     if kind == "layered":
-        model = LayeredAutoencoder(num_foregrounds=1, **body)
+        model = JointAutoencoder(num_foregrounds=1, **body)
     else:
         blocks = len(args.channels)
         model = AutoencoderKL(

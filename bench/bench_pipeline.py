@@ -22,7 +22,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
 from layergen.data.shapes import vocabulary
-from layergen.models import LayeredAutoencoder, PerLayerAutoencoder
+from layergen.models import JointAutoencoder, PerLayerAutoencoder
 from layergen.models.layered_unet import LayeredUNet
 from layergen.models.text_encoder import build_tiny_text_encoder, load_text_encoder
 from layergen.pipelines import LayeredDiffusionPipeline
@@ -110,7 +110,7 @@ def main() -> None:
         scheduler=scheduler,
     )
     joint = LayeredDiffusionPipeline(
-        autoencoder=LayeredAutoencoder(num_foregrounds=1, **ae_args).eval(),
+        autoencoder=JointAutoencoder(num_foregrounds=1, **ae_args).eval(),
         unet=LayeredUNet.from_unet(base, layer_blocks=False).eval(),
         text_encoder=text_encoder,
         tokenizer=tokenizer,

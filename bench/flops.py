@@ -154,14 +154,14 @@ class Counter:
         """configs/ae.yaml's training step at batch 1: autoencoder, LPIPS-VGG, PatchGAN."""
         import lpips as lpips_package
 
-        from layergen.models import LayeredAutoencoder
+        from layergen.models import JointAutoencoder
         from layergen.models.discriminator import PatchDiscriminator
 
         config = load_yaml("ae.yaml")
         ae_args = config["model"]["init_args"]["autoencoder"]["init_args"]
         size = config["data"]["init_args"]["image_size"]
         k = ae_args["num_foregrounds"]
-        model = self.build(lambda: LayeredAutoencoder(**ae_args))
+        model = self.build(lambda: JointAutoencoder(**ae_args))
         images, masks = self.randn(1, k + 1, 3, size, size), self.randn(1, k + 1, 1, size, size)
 
         def ae_forward() -> torch.Tensor:

@@ -137,7 +137,7 @@ def evaluate_generator(pipeline_dir: Path, max_foregrounds: int, args: argparse.
                          seed=args.seed, split="test", length=args.num_samples)
     refs = [scenes[i] for i in range(len(scenes))]
     images, consistency = generate_for_scenes(pipe, refs, args.sample_steps, args.guidance, args.seed)
-    composite_only = getattr(pipe.autoencoder, "composite_only", False)
+    composite_only = pipe.autoencoder.composite_only
     return score_generated(images, refs, probe, segmenter, consistency, composite_only)
 
 

@@ -7,7 +7,7 @@ from diffusers import DDIMScheduler
 
 from layergen.data.shapes import ShapeScenes, vocabulary
 from layergen.layers import LayeredImage
-from layergen.models import LayeredAutoencoder, PerLayerAutoencoder, StackedSDAutoencoder
+from layergen.models import JointAutoencoder, PerLayerAutoencoder, StackedSDAutoencoder
 from layergen.models.layered_unet import LayeredUNet
 from layergen.models.text_encoder import build_tiny_text_encoder, load_text_encoder
 from layergen.pipelines import LayeredDiffusionPipeline
@@ -42,7 +42,7 @@ TINY_AE = dict(
 def tiny_autoencoder(layout: str) -> torch.nn.Module:
     """Per-layer, joint (K = 1) or stacked SD-AE autoencoder (a tiny random SD VAE)."""
     if layout == "joint":
-        return LayeredAutoencoder(num_foregrounds=1, **TINY_AE)
+        return JointAutoencoder(num_foregrounds=1, **TINY_AE)
     if layout == "stacked":
         vae_config = dict(
             TINY_AE,
@@ -64,18 +64,21 @@ def save_training_assets(root: Path) -> Path:
     return root
 
 
-def tiny_pipeline(tmp_path: Path, layout: str = "layers") -> LayeredDiffusionPipeline:
+def tiny_pipeline(
+    tmp_path: Path, layout: str = "layers", autoencoder: torch.nn.Module | None = None
+) -> LayeredDiffusionPipeline:
     """Tiny pipeline, eval mode, CPU, for a latent ``layout``.
 
     "layers": per-layer latents (LayerDiff); "joint": one latent (Text2Layer, K = 1);
     "stacked": SD-AE latents ``(B, 2L - 1, C, h, w)`` regrouped into image + mask latents.
+    ``autoencoder``: one to use instead of the layout's (C = 4, f = 2).
     """
     text_dir = tmp_path / "text"
     if not (text_dir / "text_encoder").exists():
         build_tiny_text_encoder(text_dir, vocabulary())
     tokenizer, text_encoder = load_text_encoder(str(text_dir))
     torch.manual_seed(0)
-    autoencoder = tiny_autoencoder(layout)
+    autoencoder = tiny_autoencoder(layout) if autoencoder is None else autoencoder
     torch.manual_seed(0)
     unet = LayeredUNet(
         unet_config=tiny_unet_config(),

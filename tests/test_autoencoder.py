@@ -11,7 +11,7 @@ from diffusers import AutoencoderKL
 from layergen.layers import LayeredImageError, composite_layers
 from layergen.models import (
     CompositeAutoencoder,
-    LayeredAutoencoder,
+    JointAutoencoder,
     PerLayerAutoencoder,
     StackedSDAutoencoder,
     load_autoencoder,
@@ -50,7 +50,7 @@ def _check_decoded(out, batch, num_layers, size):
 
 @pytest.mark.parametrize("composite_head", [True, False])
 def test_joint_autoencoder_shapes(composite_head):
-    model = LayeredAutoencoder(num_foregrounds=2, composite_head=composite_head, **TINY)
+    model = JointAutoencoder(num_foregrounds=2, composite_head=composite_head, **TINY)
     images, masks = _batch()
     assert model.body.encoder.conv_in.in_channels == 3 * 3 + 2  # 3(K + 1) + K
     posterior = model.encode(images, masks).latent_dist
@@ -67,7 +67,7 @@ def test_joint_autoencoder_shapes(composite_head):
 
 
 def test_joint_autoencoder_pads_fewer_layers_and_rejects_more():
-    model = LayeredAutoencoder(num_foregrounds=2, **TINY)
+    model = JointAutoencoder(num_foregrounds=2, **TINY)
     images, masks = _batch(num_layers=2)
     x = model.stack_inputs(images, masks)
     assert x.shape == (2, 11, 16, 16)
@@ -121,7 +121,7 @@ def test_per_layer_padded_layers_are_skipped_and_change_nothing():
     clean, _ = model(images, masks, layer_valid=valid, sample_posterior=False)
     assert torch.equal(recon.images, clean.images) and torch.equal(recon.masks, clean.masks)
 
-@pytest.mark.parametrize("cls", [LayeredAutoencoder, PerLayerAutoencoder])
+@pytest.mark.parametrize("cls", [JointAutoencoder, PerLayerAutoencoder])
 def test_save_and_load_round_trip(tmp_path, cls):
     model = cls(**TINY, scaling_factor=0.5).eval()
     model.save_pretrained(tmp_path)
@@ -191,7 +191,7 @@ def test_composite_autoencoder_encodes_the_composite_only(tmp_path):
 
 def test_init_from_sd_vae_copies_body_and_expands_input(tmp_path):
     vae = _tiny_vae(tmp_path / "vae")
-    model = LayeredAutoencoder.from_sd_vae(str(tmp_path / "vae"), num_foregrounds=1)
+    model = JointAutoencoder.from_sd_vae(str(tmp_path / "vae"), num_foregrounds=1)
     assert tuple(model.config.block_out_channels) == (8, 16)
     assert model.config.scaling_factor == vae.config.scaling_factor
     assert torch.equal(model.body.quant_conv.weight, vae.quant_conv.weight)
@@ -209,7 +209,7 @@ def test_init_from_sd_vae_copies_body_and_expands_input(tmp_path):
 def test_init_from_sd_vae_rejects_mismatched_body(tmp_path):
     _tiny_vae(tmp_path / "vae")
     with pytest.raises(ValueError, match="does not match"):
-        LayeredAutoencoder.from_sd_vae(str(tmp_path / "vae"), layers_per_block=2)
+        JointAutoencoder.from_sd_vae(str(tmp_path / "vae"), layers_per_block=2)
 
 
 def test_logvar_init_starts_near_deterministic():

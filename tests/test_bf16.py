@@ -27,7 +27,7 @@ from layergen.lit.callbacks import SavePretrained
 from layergen.lit.classifier import QualityClassifierModule
 from layergen.lit.diffusion import LayeredDiffusionModule
 from layergen.losses.image_loss import kl_loss
-from layergen.models import LayeredAutoencoder, LayeredUNet
+from layergen.models import JointAutoencoder, LayeredUNet
 from layergen.models.autoencoder_outputs import LayeredDiagonalGaussian
 
 # bf16 keeps 8 bits of mantissa (relative step 2^-8 = 0.4 %); a loss summed over a few
@@ -84,7 +84,7 @@ def test_kl_near_the_prior_is_computed_in_float32():
 def gan_autoencoder_module() -> LayeredAutoencoderModule:
     torch.manual_seed(0)
     return LayeredAutoencoderModule(
-        LayeredAutoencoder(**TINY_AE, num_foregrounds=2), learning_rate=1e-3,
+        JointAutoencoder(**TINY_AE, num_foregrounds=2), learning_rate=1e-3,
         lpips_weight=1.0, lpips_net="alex", lpips_backbone="random",
         discriminator_weight=0.5, discriminator_start=0, discriminator_channels=8,
         discriminator_layers=2,

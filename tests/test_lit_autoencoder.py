@@ -20,7 +20,7 @@ from layergen.layers import LayeredBatch
 from layergen.lit.autoencoder import LayeredAutoencoderModule
 from layergen.lit.callbacks import layered_grid
 from layergen.metrics.mask_iou import mask_iou
-from layergen.models import LayeredAutoencoder, PerLayerAutoencoder, load_autoencoder
+from layergen.models import JointAutoencoder, PerLayerAutoencoder, load_autoencoder
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_AE = {
@@ -90,7 +90,7 @@ def _config(tmp_path: Path, autoencoder: dict, **model) -> Path:
 
 PER_LAYER = {"class_path": "layergen.models.PerLayerAutoencoder", "init_args": TINY_AE}
 JOINT = {
-    "class_path": "layergen.models.LayeredAutoencoder",
+    "class_path": "layergen.models.JointAutoencoder",
     "init_args": {**TINY_AE, "num_foregrounds": 2},
 }
 
@@ -134,7 +134,7 @@ def test_fit_joint_with_lpips_and_discriminator(tmp_path):
     metrics = cli.trainer.callback_metrics
     assert {"train/g_loss", "train/d_loss", "train/d_weight", "val/lpips/composite"} <= set(metrics)
     assert cli.trainer.global_step == 4  # autoencoder steps, one per batch
-    assert isinstance(load_autoencoder(tmp_path / "run" / "pretrained"), LayeredAutoencoder)
+    assert isinstance(load_autoencoder(tmp_path / "run" / "pretrained"), JointAutoencoder)
     # LPIPS stayed frozen and in eval mode
     assert not cli.model.lpips.model.training
     assert not any(p.requires_grad for p in cli.model.lpips.parameters())
@@ -165,7 +165,7 @@ def test_gan_max_steps_counts_autoencoder_updates_and_the_schedule_ends(tmp_path
 
 
 def test_composite_head_learns_the_source_image_when_there_is_one():
-    autoencoder = LayeredAutoencoder(**TINY_AE, num_foregrounds=2)
+    autoencoder = JointAutoencoder(**TINY_AE, num_foregrounds=2)
     module = LayeredAutoencoderModule(autoencoder, lpips_weight=0.0, discriminator_weight=0.0)
     scenes = ShapeScenes(size=32, max_foregrounds=2, length=2)
     photo = replace(scenes[0], image=torch.full((3, 32, 32), 0.5))  # differs from its composite
@@ -245,7 +245,7 @@ def test_full_size_config_fast_dev_run_on_a_shard(tmp_path):
     )
     assert cli.trainer.global_step == 1
     config = json.loads((tmp_path / "run" / "pretrained" / "config.json").read_text())
-    assert config["_class_name"] == "LayeredAutoencoder" and config["num_foregrounds"] == 1
+    assert config["_class_name"] == "JointAutoencoder" and config["num_foregrounds"] == 1
 
 
 def test_demo_config_fast_dev_run(tmp_path, monkeypatch):

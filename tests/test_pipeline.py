@@ -287,7 +287,7 @@ def test_edit_errors(pipe, joint_pipe):
         pipe.edit(source, keep=[0, 1, 2])
     with pytest.raises(ValueError, match="layers can be added, not removed"):
         pipe.edit(source, keep=[0], layer_prompts=LAYERS[:2])
-    with pytest.raises(ValueError, match="LayeredAutoencoder encodes all layers into one joint"):
+    with pytest.raises(ValueError, match="JointAutoencoder encodes all layers into one joint"):
         joint_pipe.edit(small_scene(1), keep=[0])
     folded = LayeredUNet(
         unet_config=tiny_unet_config(in_channels=12), layer_blocks=False, latent_layout="folded"

@@ -1,7 +1,6 @@
-from types import SimpleNamespace
-
 import pytest
 import torch
+from diffusers.configuration_utils import register_to_config
 
 from layergen.benchmark import (
     ForegroundSegmenter,
@@ -20,6 +19,13 @@ from layergen.benchmark.cli import main
 from layergen.benchmark.probe import COLOR_NAMES, FAMILY_NAMES, SHAPE_NAMES
 from layergen.benchmark.segmenter import segmenter_data
 from layergen.data.shapes import ShapeScenes
+from layergen.latent_layout import PER_LAYER
+from layergen.models import (
+    LayeredAutoencoderInterface,
+    LayeredDecoderOutput,
+    LayeredDiagonalGaussian,
+    LayeredEncoderOutput,
+)
 
 
 def test_probe_data_labels_follow_metadata():
@@ -72,29 +78,33 @@ def test_psnr_hand_made():
     assert psnr(b, a, weight).item() == 100.0
 
 
-class IdentityAutoencoder(torch.nn.Module):
-    """Encodes a layered batch as itself: a perfect per-layer autoencoder.
+class IdentityAutoencoder(LayeredAutoencoderInterface):
+    """Encodes a layered batch as itself: a perfect per-layer autoencoder (latents are the
+    layers' RGB and mask, ``(B, L, 4, H, W)``).
 
     Padded layers (all-zero masks) decode to the mask ``pad_mask``, as an untrained decoder
     may: they are not part of the scene and must not reach the scores.
     """
 
-    per_layer = True
-
-    def __init__(self, pad_mask: float = 0.0):
+    @register_to_config
+    def __init__(self, pad_mask: float = 0.0, latent_channels: int = 4, scaling_factor: float = 1.0):
         super().__init__()
         self.anchor = torch.nn.Parameter(torch.zeros(1))
-        self.pad_mask = pad_mask
+
+    latent_layout = PER_LAYER
+    downsample_factor = 1
 
     def encode(self, images, masks, layer_valid=None):
-        z = torch.cat([images, masks], dim=2)
-        return SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: z))
+        images, masks = self.check_layers(images, masks, layer_valid)
+        z = torch.cat([images, masks], dim=2)  # (B, L, 4, H, W), zero log-variance
+        return LayeredEncoderOutput(LayeredDiagonalGaussian(torch.cat([z, torch.zeros_like(z)], 2)))
 
     def decode(self, latents, num_layers=None):
+        self.check_latents(latents, num_layers)
         masks = latents[:, :, 3:].clone()
         padded = masks.flatten(2).amax(2) == 0  # (B, L)
-        masks[padded] = self.pad_mask
-        return SimpleNamespace(images=latents[:, :, :3], masks=masks, composite=None)
+        masks[padded] = self.config.pad_mask
+        return LayeredDecoderOutput(images=latents[:, :, :3], masks=masks)
 
 
 @pytest.mark.parametrize("pad_mask", [0.0, 0.5])

@@ -36,8 +36,8 @@ from layergen.data.latents import (
     layer_boxes,
     write_latent_shards,
 )
-from layergen.latent_layout import LatentLayout
 from layergen.layers import LayeredBatch, LayeredImage
+from layergen.models.autoencoder_interface import LayeredAutoencoderInterface
 from layergen.models.text_encoder import encode_prompts, load_text_encoder
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ PROGRESS_FILE = "cache_progress.json"
 @torch.no_grad()
 def encode_latent_samples(
     samples: Sequence[LayeredImage],
-    autoencoder: Any,
+    autoencoder: LayeredAutoencoderInterface,
     tokenizer: Any,
     text_encoder: Any,
 ) -> list[dict[str, Any]]:
@@ -59,7 +59,7 @@ def encode_latent_samples(
         batch.images.to(device), batch.masks.to(device), batch.layer_valid.to(device)
     ).latent_dist.mode()
     full_layers = batch.layer_valid.shape[1]
-    layout = LatentLayout.infer(full_layers, latents.shape[1])
+    layout = autoencoder.latent_layout
     composites = encode_composites(autoencoder, batch.images.to(device), batch.masks.to(device)).cpu()
     boxes = layer_boxes(batch.masks, batch.layer_valid)
     texts = list(batch.prompts) + [p for lp in batch.layer_prompts for p in lp]

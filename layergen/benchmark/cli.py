@@ -84,7 +84,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         from layergen.models import load_autoencoder
 
         model = load_autoencoder(args.model)
-        fixed = None if model.per_layer else getattr(model, "num_layers", None)
+        fixed = model.fixed_num_layers
         max_fg = max_fg or (fixed - 1 if fixed else 2)
     elif kind == "generator":
         from layergen.pipelines import load_pipeline
@@ -115,7 +115,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         generated, consistency = generate_for_scenes(model, references, steps, guidance,
                                                      args.seed, args.batch_size)
         setting.update(steps=steps, guidance=guidance)
-        composite_only = getattr(model.autoencoder, "composite_only", False)
+        composite_only = model.autoencoder.composite_only
     summary = score_generated(generated, references, probe, segmenter, consistency, composite_only)
     return {"kind": kind, "setting": setting, "columns": list(GENERATOR_COLUMNS), "summary": summary}
 

@@ -34,6 +34,7 @@ from layergen.layers import LayeredBatch, LayeredImage, composite_layers, to_uni
 from layergen.metrics.breakdown import Breakdown
 from layergen.metrics.fid import fidelity_from_features
 from layergen.metrics.mask_iou import foreground_union, mask_iou
+from layergen.models.autoencoder_interface import LayeredAutoencoderInterface
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def psnr(pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
 
 @torch.no_grad()
 def autoencoder_metrics(
-    autoencoder: torch.nn.Module, scenes: Sequence[LayeredImage], batch_size: int = 16
+    autoencoder: LayeredAutoencoderInterface, scenes: Sequence[LayeredImage], batch_size: int = 16
 ) -> dict[str, dict[str, float]]:
     """Reconstruction metrics of a layered autoencoder on ground-truth scenes.
 
@@ -84,8 +85,7 @@ def autoencoder_metrics(
     """
     autoencoder.eval()
     device = next(autoencoder.parameters()).device
-    fixed = None if autoencoder.per_layer else getattr(autoencoder, "num_layers", None)
-    composite_only = getattr(autoencoder, "composite_only", False)
+    fixed, composite_only = autoencoder.fixed_num_layers, autoencoder.composite_only
     breakdown = Breakdown()
     for start in range(0, len(scenes), batch_size):
         chunk = list(scenes[start:start + batch_size])
@@ -105,7 +105,7 @@ def autoencoder_metrics(
             breakdown.add("psnr_composite", psnr(composite[b:b + 1], truth), n)
             if composite_only:
                 continue
-            if out.composite is not None and getattr(autoencoder, "auxiliary_head", None) is not None:
+            if out.composite is not None and autoencoder.has_composite_head:
                 head = out.composite[b:b + 1].float().clamp(-1, 1).cpu()
                 breakdown.add("psnr_composite_head", psnr(head, truth), n)
             breakdown.add("psnr_background", psnr(images[b, :1], target.images[b, :1]), n)
@@ -216,13 +216,13 @@ def generate_for_scenes(
     Unset ``num_inference_steps`` / ``guidance_scale``: the pipeline's recipe.
 
     Sample ``i`` uses the generator seeded ``seed + i`` so results do not depend on the
-    batch size. For joint autoencoders with a composite head, also returns the per-sample
+    batch size. For autoencoders with a composite head (joint), also returns the per-sample
     PSNR between the decoded composite and the composite of the decoded layers.
     """
     autoencoder = pipe.autoencoder
-    joint_head = not autoencoder.per_layer and getattr(autoencoder, "auxiliary_head", None) is not None
+    composite_head = autoencoder.has_composite_head
     images: list[LayeredImage] = []
-    consistency: list[float] | None = [] if joint_head else None
+    consistency: list[float] | None = [] if composite_head else None
     for start in range(0, len(scenes), batch_size):
         chunk = list(scenes[start:start + batch_size])
         prompts = [s.prompt for s in chunk]
@@ -235,6 +235,7 @@ def generate_for_scenes(
         if consistency is not None:
             z = latents / autoencoder.config.scaling_factor
             for b, image in enumerate(decoded):
-                head = autoencoder.decode(z[b:b + 1, :1], num_layers=image.num_layers).composite
+                latent_layers = autoencoder.latent_num_layers(image.num_layers)
+                head = autoencoder.decode(z[b:b + 1, :latent_layers], num_layers=image.num_layers).composite
                 consistency.append(float(psnr(head.float().clamp(-1, 1).cpu(), image.composite()[None])))
     return images, consistency

@@ -36,10 +36,9 @@ from layergen.losses.image_loss import image_loss, kl_loss
 from layergen.losses.lpips import load_lpips
 from layergen.losses.mask_loss import mask_loss
 from layergen.metrics.mask_iou import mask_iou
-from layergen.models.autoencoder_body import LayeredAutoencoderBase
+from layergen.models.autoencoder_body import KLLayeredAutoencoder
 from layergen.models.autoencoder_outputs import LayeredDecoderOutput
 from layergen.models.discriminator import PatchDiscriminator
-from layergen.models.layered_autoencoder import LayeredAutoencoder
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ class LayeredAutoencoderModule(pl.LightningModule):
     """LightningModule training a layered autoencoder (joint or per-layer) with its losses.
 
     Args:
-        autoencoder: ``LayeredAutoencoder`` or ``PerLayerAutoencoder`` (``class_path`` in YAML).
+        autoencoder: ``JointAutoencoder`` or ``PerLayerAutoencoder`` (``class_path`` in YAML).
         learning_rate: Adam learning rate of the autoencoder (latent diffusion: 4.5e-6 x batch).
         betas: Adam betas (latent diffusion: (0.5, 0.9)).
         lr_warmup_steps: linear warm-up steps.
@@ -82,7 +81,7 @@ class LayeredAutoencoderModule(pl.LightningModule):
 
     def __init__(
         self,
-        autoencoder: LayeredAutoencoderBase,
+        autoencoder: KLLayeredAutoencoder,
         learning_rate: float = 4.5e-6,
         betas: tuple[float, float] = (0.5, 0.9),
         lr_warmup_steps: int = 0,
@@ -172,7 +171,7 @@ class LayeredAutoencoderModule(pl.LightningModule):
         compared with the composite of the target layers (eq. 1): the source image differs
         from it where inpainting and mask edges do.
         """
-        head = isinstance(self.autoencoder, LayeredAutoencoder)
+        head = self.autoencoder.has_composite_head
         return batch.image_or_composite() if head else batch.composite()
 
     def _losses(

@@ -4,7 +4,7 @@ The body is Stable Diffusion's ``AutoencoderKL`` without its input and output la
 diffusers' ``Encoder`` and ``Decoder`` blocks, ``quant_conv`` producing the posterior's mean and
 log-variance and ``post_quant_conv`` (Text2Layer IV-B keeps the SD-AE "intact" apart from the
 stacked input and the per-component heads). The submodule names match ``AutoencoderKL`` so that
-the weights of an SD VAE copy over by name (``LayeredAutoencoderBase.from_sd_vae``).
+the weights of an SD VAE copy over by name (``KLLayeredAutoencoder.from_sd_vae``).
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ import logging
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, ConfigMixin, ModelMixin
+from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import Decoder, Encoder
 from torch import Tensor, nn
+
+from layergen.models.autoencoder_interface import LayeredAutoencoderInterface
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +118,9 @@ class KLAutoencoderBody(nn.Module):
             )
 
 
-class LayeredAutoencoderBase(ModelMixin, ConfigMixin):
-    """Common API of the trainable layered autoencoders (joint and per-layer).
+class KLLayeredAutoencoder(LayeredAutoencoderInterface):
+    """The trainable layered autoencoders (joint and per-layer): a ``KLAutoencoderBody`` and
+    heads.
 
     Subclasses register ``latent_channels``, ``block_out_channels``, ``layers_per_block``,
     ``norm_num_groups``, ``mid_block_add_attention`` and ``scaling_factor`` in their config and
@@ -125,16 +128,11 @@ class LayeredAutoencoderBase(ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = True
-    per_layer: bool = False
 
     @property
     def downsample_factor(self) -> int:
         """Spatial down-sampling factor f (``H = f * h``)."""
         return 2 ** (len(self.config.block_out_channels) - 1)
-
-    def latent_num_layers(self, num_layers: int) -> int:
-        """L' of the latents for a batch of L layers."""
-        return num_layers if self.per_layer else 1
 
     def last_layer_weight(self) -> Tensor:
         """Weight used for the adaptive adversarial weight (``KLAutoencoderBody``)."""
@@ -146,7 +144,7 @@ class LayeredAutoencoderBase(ModelMixin, ConfigMixin):
         pretrained_model_name_or_path: str,
         subfolder: str | None = None,
         **config: Any,
-    ) -> LayeredAutoencoderBase:
+    ) -> KLLayeredAutoencoder:
         """Initialise the body from a Stable Diffusion VAE (hub id or local path).
 
         The body takes the VAE's widths, depth, groups and latent channels; the input conv is

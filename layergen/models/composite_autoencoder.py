@@ -15,34 +15,34 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from layergen.layers import LayeredImageError, composite_layers
+from layergen.latent_layout import JOINT, LatentLayout
+from layergen.layers import composite_layers
 from layergen.models.autoencoder_outputs import (
     LayeredDecoderOutput,
     LayeredDiagonalGaussian,
     LayeredEncoderOutput,
 )
-from layergen.models.sd_autoencoder import StackedSDAutoencoder
+from layergen.models.sd_autoencoder import FrozenVAEAutoencoder
 
 
-class CompositeAutoencoder(StackedSDAutoencoder):
+class CompositeAutoencoder(FrozenVAEAutoencoder):
     """A frozen diffusers ``AutoencoderKL`` on the composite only, latents ``(B, 1, C, h, w)``.
 
     Configured, built (``from_vae``: hub id or local path, ``subfolder="vae"`` for SD) and
-    saved like :class:`~layergen.models.StackedSDAutoencoder`, whose VAE weights it can load
-    unchanged (``load_state_dict``): the two baselines share one single-image autoencoder.
-
-    Args:
-        vae_config: the ``AutoencoderKL`` configuration (``dict(vae.config)``).
-        scaling_factor: latent scaling (default: the VAE's).
-        latent_channels: C (filled in from the VAE; given only to check it).
+    saved as :class:`~layergen.models.sd_autoencoder.FrozenVAEAutoencoder`, like
+    :class:`~layergen.models.StackedSDAutoencoder`, whose VAE weights it loads unchanged
+    (``load_state_dict``): the two baselines share one single-image autoencoder.
     """
 
-    per_layer = False
-    composite_only = True
-
-    def latent_num_layers(self, num_layers: int) -> int:
+    @property
+    def latent_layout(self) -> LatentLayout:
         """``L' = 1`` whatever L: one latent of the composite."""
-        return 1
+        return JOINT
+
+    @property
+    def composite_only(self) -> bool:
+        """Its layers are the composite and empty foregrounds."""
+        return True
 
     def encode(
         self, images: Tensor, masks: Tensor, layer_valid: Tensor | None = None
@@ -52,18 +52,13 @@ class CompositeAutoencoder(StackedSDAutoencoder):
         Args:
             images: ``(B, L, 3, H, W)`` in [-1, 1].
             masks: ``(B, L, 1, H, W)`` in [0, 1] (padded layers have zero masks).
-            layer_valid: ``(B, L)`` bool, accepted for the common interface
-                (unused: only the composite is encoded).
+            layer_valid: optional ``(B, L)`` bool; padded layers (False) are left out of the
+                composite.
 
         Returns:
             ``LayeredEncoderOutput`` over ``(B, 1, C, h, w)``.
         """
-        if images.ndim != 5 or images.shape[2] != 3:
-            raise LayeredImageError(f"images: expected (B, L, 3, H, W), got {tuple(images.shape)}")
-        if masks.shape[:2] != images.shape[:2] or masks.shape[2] != 1:
-            raise LayeredImageError(
-                f"masks: expected (B, {images.shape[1]}, 1, H, W), got {tuple(masks.shape)}"
-            )
+        images, masks = self.check_layers(images, masks, layer_valid)
         composite = composite_layers(images, masks)  # (B, 3, H, W)
         moments = self.vae.encode(composite).latent_dist.parameters  # (B, 2C, h, w)
         return LayeredEncoderOutput(latent_dist=LayeredDiagonalGaussian(moments[:, None]))
@@ -80,13 +75,7 @@ class CompositeAutoencoder(StackedSDAutoencoder):
             composite), masks ``(B, L, 1, H, W)`` (ones for the background, zeros for the
             foregrounds) and the decoded composite ``(B, 3, H, W)``.
         """
-        if latents.ndim != 5 or latents.shape[1] != 1:
-            raise ValueError(f"latents: expected (B, 1, C, h, w), got {tuple(latents.shape)}")
-        num_layers = 2 if num_layers is None else num_layers
-        if num_layers < 2:
-            raise ValueError(
-                f"num_layers: expected >= 2 (a background and foregrounds), got {num_layers}"
-            )
+        num_layers = self.check_latents(latents, num_layers)
         composite = self.vae.decode(latents[:, 0]).sample  # (B, 3, H, W)
         batch, _, height, width = composite.shape
         # (B, 3, H, W) -> (B, L, 3, H, W)

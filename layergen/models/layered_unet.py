@@ -22,7 +22,7 @@ Options:
   latent); layer prompts are ignored.
 - ``latent_layout``: how the UNet reads the autoencoder's ``(B, L', C, h, w)`` latents (their
   packing is :class:`~layergen.latent_layout.LatentLayout`).
-  "layers": one latent per layer (``PerLayerAutoencoder``; ``LayeredAutoencoder`` with
+  "layers": one latent per layer (``PerLayerAutoencoder``; ``JointAutoencoder`` with
   ``L' = 1``). "stacked": ``StackedSDAutoencoder``'s ``L' = 2L - 1`` latents (L layer
   images, then the K foreground masks) are regrouped into ``(B, L, 2C, h, w)`` image + mask
   latents (``mask_channels = C``; the background's mask latent is zeros in and dropped out,

@@ -6,23 +6,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from diffusers import ModelMixin
-
-from layergen.models.composite_autoencoder import CompositeAutoencoder
-from layergen.models.layer_autoencoder import PerLayerAutoencoder
-from layergen.models.layered_autoencoder import LayeredAutoencoder
-from layergen.models.sd_autoencoder import StackedSDAutoencoder
-
-AUTOENCODER_CLASSES: dict[str, type[ModelMixin]] = {
-    cls.__name__: cls
-    for cls in (LayeredAutoencoder, PerLayerAutoencoder, StackedSDAutoencoder, CompositeAutoencoder)
-}
+# the built-in autoencoders register with the interface by being imported
+from layergen.models import composite_autoencoder, joint_autoencoder, per_layer_autoencoder  # noqa: F401
+from layergen.models.autoencoder_interface import LayeredAutoencoderInterface, autoencoder_classes
 
 
 def load_autoencoder(
     path: str | Path, subfolder: str | None = None, **kwargs: Any
-) -> LayeredAutoencoder | PerLayerAutoencoder | StackedSDAutoencoder | CompositeAutoencoder:
+) -> LayeredAutoencoderInterface:
     """Load a layered autoencoder directory written by ``save_pretrained``.
+
+    The class is the ``LayeredAutoencoderInterface`` subclass named by ``_class_name`` (or an
+    old name of one, e.g. ``LayeredAutoencoder``); a class of your own must be imported first.
 
     Args:
         path: the directory (local; it holds ``config.json`` and the safetensors weights).
@@ -41,11 +36,12 @@ def load_autoencoder(
             "save_pretrained (LayeredAutoencoderModule.export_pretrained or SavePretrained)"
         )
     class_name = json.loads(config_file.read_text()).get("_class_name")
-    if class_name not in AUTOENCODER_CLASSES:
+    classes = autoencoder_classes()
+    if class_name not in classes:
         raise ValueError(
             f"{config_file}: _class_name {class_name!r} is not a layered autoencoder; "
-            f"expected one of {sorted(AUTOENCODER_CLASSES)}"
+            f"expected one of {sorted(classes)}"
         )
-    return AUTOENCODER_CLASSES[class_name].from_pretrained(
+    return classes[class_name].from_pretrained(
         str(directory), use_safetensors=kwargs.pop("use_safetensors", True), **kwargs
     )

@@ -5,6 +5,9 @@ through the same frozen ``AutoencoderKL``; the latents are stacked on the layer 
 order ``(B, F_1..F_K, m_1..m_K)``, so a batch of L layers has ``L' = 2L - 1`` latent layers
 (the paper concatenates on channels; stacking on the layer axis keeps DESIGN's ``(B, L', C,
 h, w)`` layout). A decoded mask is the mean of its 3 decoded channels.
+
+:class:`FrozenVAEAutoencoder` holds the frozen VAE that this baseline and the composite-only
+one (:mod:`layergen.models.composite_autoencoder`) share.
 """
 
 from __future__ import annotations
@@ -12,18 +15,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, ConfigMixin, ModelMixin
+from diffusers import AutoencoderKL
 from diffusers.configuration_utils import register_to_config
 from torch import Tensor
 
+from layergen.latent_layout import COMPONENTS, LatentLayout
 from layergen.layers import (
-    LayeredImageError,
     background_mask,
     composite_layers,
     from_unit,
     normalize_masks,
     to_unit,
 )
+from layergen.models.autoencoder_interface import LayeredAutoencoderInterface
 from layergen.models.autoencoder_outputs import (
     LayeredDecoderOutput,
     LayeredDiagonalGaussian,
@@ -31,19 +35,19 @@ from layergen.models.autoencoder_outputs import (
 )
 
 
-class StackedSDAutoencoder(ModelMixin, ConfigMixin):
-    """A frozen diffusers ``AutoencoderKL`` per component, latents ``(B, 2L - 1, C, h, w)``.
+class FrozenVAEAutoencoder(LayeredAutoencoderInterface):
+    """A layered autoencoder around one frozen diffusers ``AutoencoderKL`` (``self.vae``).
 
     Build it from a VAE with ``from_vae`` (hub id or local path); ``save_pretrained`` then
-    writes the VAE's configuration and weights into this model's own directory.
+    writes the VAE's configuration and weights into this model's own directory. Subclasses
+    differ in what they encode, not in their weights (``load_state_dict`` moves one VAE
+    between them).
 
     Args:
         vae_config: the ``AutoencoderKL`` configuration (``dict(vae.config)``).
         scaling_factor: latent scaling (default: the VAE's).
         latent_channels: C (filled in from the VAE; given only to check it).
     """
-
-    per_layer = False
 
     @register_to_config
     def __init__(
@@ -68,7 +72,7 @@ class StackedSDAutoencoder(ModelMixin, ConfigMixin):
     @classmethod
     def from_vae(
         cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs: Any
-    ) -> StackedSDAutoencoder:
+    ) -> FrozenVAEAutoencoder:
         """Wrap a pretrained VAE given by hub id or local path (``subfolder="vae"`` for SD)."""
         vae = AutoencoderKL.from_pretrained(
             pretrained_model_name_or_path, subfolder=subfolder, use_safetensors=True
@@ -82,9 +86,17 @@ class StackedSDAutoencoder(ModelMixin, ConfigMixin):
         """Spatial down-sampling factor f."""
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
-    def latent_num_layers(self, num_layers: int) -> int:
+
+class StackedSDAutoencoder(FrozenVAEAutoencoder):
+    """A frozen diffusers ``AutoencoderKL`` per component, latents ``(B, 2L - 1, C, h, w)``.
+
+    Configured, built (``from_vae``) and saved as :class:`FrozenVAEAutoencoder`.
+    """
+
+    @property
+    def latent_layout(self) -> LatentLayout:
         """``L' = 2L - 1``: L layer images and L - 1 foreground masks."""
-        return 2 * num_layers - 1
+        return COMPONENTS
 
     def encode(
         self, images: Tensor, masks: Tensor, layer_valid: Tensor | None = None
@@ -94,18 +106,13 @@ class StackedSDAutoencoder(ModelMixin, ConfigMixin):
         Args:
             images: ``(B, L, 3, H, W)`` in [-1, 1].
             masks: ``(B, L, 1, H, W)`` in [0, 1] (index 0, the background's, is not encoded).
-            layer_valid: ``(B, L)`` bool, accepted for the common interface
-                (unused: every component is encoded).
+            layer_valid: optional ``(B, L)`` bool; padded layers (False) are encoded as
+                zero layers.
 
         Returns:
             ``LayeredEncoderOutput`` over ``(B, 2L - 1, C, h, w)``.
         """
-        if images.ndim != 5 or images.shape[2] != 3:
-            raise LayeredImageError(f"images: expected (B, L, 3, H, W), got {tuple(images.shape)}")
-        if masks.shape[:2] != images.shape[:2] or masks.shape[2] != 1:
-            raise LayeredImageError(
-                f"masks: expected (B, {images.shape[1]}, 1, H, W), got {tuple(masks.shape)}"
-            )
+        images, masks = self.check_layers(images, masks, layer_valid)
         batch = images.shape[0]
         mask_rgb = from_unit(masks[:, 1:]).expand(-1, -1, 3, -1, -1)  # (B, K, 3, H, W)
         components = torch.cat([images, mask_rgb], dim=1)  # (B, 2L - 1, 3, H, W)
@@ -124,15 +131,8 @@ class StackedSDAutoencoder(ModelMixin, ConfigMixin):
             ``LayeredDecoderOutput`` with images ``(B, L, 3, H, W)``, masks ``(B, L, 1, H, W)``
             and the composite of the decoded layers.
         """
-        if latents.ndim != 5 or latents.shape[1] % 2 == 0:
-            raise ValueError(f"latents: expected (B, 2L - 1, C, h, w), got {tuple(latents.shape)}")
+        layers = self.check_latents(latents, num_layers)
         batch, latent_layers = latents.shape[:2]
-        layers = (latent_layers + 1) // 2
-        if num_layers is not None and num_layers != layers:
-            raise ValueError(
-                f"num_layers: {latent_layers} latent layers hold {layers} layers, "
-                f"got num_layers={num_layers}"
-            )
         decoded = self.vae.decode(latents.flatten(0, 1)).sample  # (B*L', 3, H, W)
         decoded = decoded.unflatten(0, (batch, latent_layers))
         images = decoded[:, :layers]

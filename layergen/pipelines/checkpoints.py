@@ -20,10 +20,9 @@ import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from torch import Tensor
 
-from layergen.models import load_autoencoder
+from layergen.models import LayeredAutoencoderInterface, autoencoder_classes, load_autoencoder
 from layergen.models.layered_unet import LayeredUNet
 from layergen.models.text_encoder import load_text_encoder
-from layergen.pipelines.components import COMPONENT_CLASSES
 from layergen.pipelines.recipe import family_recipe
 
 logger = logging.getLogger(__name__)
@@ -61,7 +60,7 @@ def _sub_state_dict(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Ten
     return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
-def autoencoder_from_checkpoint(path: str | Path) -> Any:
+def autoencoder_from_checkpoint(path: str | Path) -> LayeredAutoencoderInterface:
     """Re-create a layered autoencoder from a ``LayeredAutoencoderModule`` checkpoint.
 
     The hyper-parameter ``autoencoder`` must be a ``class_path``/``init_args`` dict (as
@@ -76,9 +75,10 @@ def autoencoder_from_checkpoint(path: str | Path) -> Any:
             "load the autoencoder's save_pretrained directory instead"
         )
     class_name = str(spec["class_path"]).rsplit(".", 1)[-1]
-    if class_name not in COMPONENT_CLASSES:
+    classes = autoencoder_classes()  # with the old names (LayeredAutoencoder)
+    if class_name not in classes:
         raise ValueError(f"{path}: unknown autoencoder class {spec['class_path']!r}")
-    model = COMPONENT_CLASSES[class_name](**dict(spec.get("init_args") or {}))
+    model = classes[class_name](**dict(spec.get("init_args") or {}))
     model.load_state_dict(_sub_state_dict(state_dict, "autoencoder."))
     std = state_dict.get("latent_std")
     if hparams.get("estimate_scaling_factor", True) and std is not None and float(std) > 0:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from layergen.latent_layout import LatentLayout
+from layergen.latent_layout import JOINT
 from layergen.layers import LayeredImage
 
 if TYPE_CHECKING:
@@ -84,8 +84,8 @@ class LayeredEditingMixin:
     """``edit`` and ``restyle`` for :class:`~layergen.pipelines.LayeredDiffusionPipeline`."""
 
     def _check_editable(self, image: LayeredImage) -> None:
-        # L' = 1 for L = 2 layers: one latent for all layers
-        if self.autoencoder.latent_num_layers(2) == 1:
+        # L' = 1: one latent for all layers
+        if self.autoencoder.latent_layout == JOINT:
             raise ValueError(
                 "editing needs latents of its own for each layer (per-layer or stacked SD-AE "
                 f"latents); this pipeline's {type(self.autoencoder).__name__} encodes all layers "
@@ -162,7 +162,7 @@ class LayeredEditingMixin:
         # 2. clean latents of the input layers; which latent layers stay fixed
         clean = self.encode_layers(image, num_layers)  # (1, L', C, h, w)
         kept = torch.tensor([i in set(keep) for i in range(num_layers)])  # (L,)
-        index = LatentLayout.infer(num_layers, clean.shape[1]).layer_index(num_layers)  # (L',)
+        index = self.autoencoder.latent_layout.layer_index(num_layers)  # (L',)
         fixed = kept[index][None].to(device)  # (1, L')
         # 3. timesteps: the whole schedule, or its last `strength` fraction when restyling
         self.scheduler.set_timesteps(num_inference_steps, device=device)

@@ -38,15 +38,9 @@ from torch import Tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from layergen.layers import LayeredImage, normalize_masks
-from layergen.models import (
-    CompositeAutoencoder,
-    LayeredAutoencoder,
-    LayeredUNet,
-    PerLayerAutoencoder,
-    StackedSDAutoencoder,
-)
+from layergen.models import LayeredAutoencoderInterface, LayeredUNet, autoencoder_classes
 from layergen.pipelines.checkpoints import pipeline_from_checkpoints
-from layergen.pipelines.components import COMPONENT_CLASSES, COMPONENTS_LIBRARY
+from layergen.pipelines.components import COMPONENTS_LIBRARY, component_class
 from layergen.pipelines.conditioning import LayeredConditioningMixin, layerdiff_negative_prompts
 from layergen.pipelines.editing import LayeredEditingMixin
 from layergen.pipelines.image_conditions import (
@@ -63,8 +57,6 @@ from layergen.pipelines.saving import PretrainedFolderMixin
 logger = logging.getLogger(__name__)
 
 StepCallback = Callable[..., dict[str, Any]] | PipelineCallback | MultiPipelineCallbacks | None
-# the autoencoders a pipeline takes (a union, so that diffusers' from_pipe passes them on)
-Autoencoder = PerLayerAutoencoder | LayeredAutoencoder | StackedSDAutoencoder | CompositeAutoencoder
 
 
 class LayeredDiffusionPipeline(
@@ -78,9 +70,10 @@ class LayeredDiffusionPipeline(
     """Generate (and edit) layered images from text.
 
     Args:
-        autoencoder: a layered autoencoder (``PerLayerAutoencoder``, ``LayeredAutoencoder``,
-            ``StackedSDAutoencoder`` or the text-to-image baseline's ``CompositeAutoencoder``)
-            mapping layers to latents ``(B, L', C, h, w)``.
+        autoencoder: a layered autoencoder (any ``LayeredAutoencoderInterface``:
+            ``PerLayerAutoencoder``, ``JointAutoencoder``, ``StackedSDAutoencoder``, the
+            text-to-image baseline's ``CompositeAutoencoder`` or one of your own) mapping
+            layers to latents ``(B, L', C, h, w)``.
         unet: the layer-collaborative UNet; ``unet.config.layer_blocks`` False is the plain
             Text2Layer UNet (layer prompts are then only labels).
         text_encoder: frozen CLIP text model ``T``.
@@ -100,7 +93,7 @@ class LayeredDiffusionPipeline(
 
     def __init__(
         self,
-        autoencoder: Autoencoder,
+        autoencoder: LayeredAutoencoderInterface,
         unet: LayeredUNet,
         text_encoder: CLIPTextModel,
         tokenizer: CLIPTokenizer,
@@ -127,6 +120,14 @@ class LayeredDiffusionPipeline(
         self._num_timesteps: int | None = None
         self._interrupt = False
 
+    @classmethod
+    def _get_signature_types(cls) -> dict[str, tuple[type, ...]]:
+        """diffusers' component types, the autoencoder's being every layered autoencoder
+        class: ``from_pipe`` passes on a component only if its exact type is listed."""
+        types = dict(super()._get_signature_types())
+        types["autoencoder"] = tuple(dict.fromkeys(autoencoder_classes().values()))
+        return types
+
     def register_modules(self, **kwargs: Any) -> None:
         """Register components; layergen models are recorded under ``COMPONENTS_LIBRARY``."""
         super().register_modules(**kwargs)
@@ -141,7 +142,7 @@ class LayeredDiffusionPipeline(
         """Point ``model_index.json`` at :mod:`layergen.pipelines.components` for our models."""
         for name, module in modules.items():
             class_name = type(module).__name__
-            if COMPONENT_CLASSES.get(class_name) is type(module):
+            if component_class(class_name) is type(module):
                 self.register_to_config(**{name: (COMPONENTS_LIBRARY, class_name)})
 
     # ------------------------------------------------------------------------------------
@@ -160,8 +161,8 @@ class LayeredDiffusionPipeline(
 
     @property
     def fixed_num_layers(self) -> int | None:
-        """L of a joint autoencoder that decodes a fixed number of layers, else None."""
-        return None if self.autoencoder.per_layer else getattr(self.autoencoder, "num_layers", None)
+        """L of an autoencoder that decodes a fixed number of layers (joint), else None."""
+        return self.autoencoder.fixed_num_layers
 
     @property
     def default_size(self) -> int:

@@ -5,6 +5,9 @@ background and K masks, ``3(K + 1) + K`` channels (K = 1 gives the paper's 7) â€
 latent layer. The SD-AE decoder's last layer is replaced by one conv-bn-relu-conv head per
 component (each F_i, B, each m_i with a sigmoid) plus the auxiliary composite head I, which
 ``composite_head=False`` removes (the paper's "no-sup" ablation).
+
+``LayeredAutoencoder``, the class's name before it was renamed to tell it apart from the
+per-layer model, remains an alias: saved models, pipelines and configs carrying it load.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from torch import Tensor, nn
 
+from layergen.latent_layout import JOINT, LatentLayout
 from layergen.layers import LayeredImageError, background_mask, normalize_masks
-from layergen.models.autoencoder_body import KLAutoencoderBody, LayeredAutoencoderBase
+from layergen.models.autoencoder_body import KLAutoencoderBody, KLLayeredAutoencoder
 from layergen.models.autoencoder_outputs import (
     LayeredDecoderOutput,
     LayeredDiagonalGaussian,
@@ -23,7 +27,7 @@ from layergen.models.autoencoder_outputs import (
 from layergen.models.heads import ConvBnReluConvHead
 
 
-class LayeredAutoencoder(LayeredAutoencoderBase):
+class JointAutoencoder(KLLayeredAutoencoder):
     """Joint CaTÂ²I-AE: a whole layered image <-> one latent ``(B, 1, C, h, w)``.
 
     Args:
@@ -39,8 +43,6 @@ class LayeredAutoencoder(LayeredAutoencoderBase):
         logvar_init: initial log-variance of the posterior (None: diffusers' default init).
         scaling_factor: multiply latents by it before diffusion.
     """
-
-    per_layer = False
 
     @register_to_config
     def __init__(
@@ -82,9 +84,19 @@ class LayeredAutoencoder(LayeredAutoencoderBase):
         )
 
     @property
-    def num_layers(self) -> int:
-        """L = K + 1, the layers the model decodes."""
+    def latent_layout(self) -> LatentLayout:
+        """One latent for the whole layered image, ``L' = 1``."""
+        return JOINT
+
+    @property
+    def fixed_num_layers(self) -> int:
+        """L = K + 1, the layers the model encodes (batches are padded to it) and decodes."""
         return self.config.num_foregrounds + 1
+
+    @property
+    def has_composite_head(self) -> bool:
+        """Whether the auxiliary head predicts the composite (False: "no-sup")."""
+        return self.auxiliary_head is not None
 
     def stack_inputs(self, images: Tensor, masks: Tensor) -> Tensor:
         """Stack a layered batch into the encoder input X = (F_1..F_K, B, m_1..m_K).
@@ -96,12 +108,7 @@ class LayeredAutoencoder(LayeredAutoencoderBase):
         Returns:
             ``(B, 3(K + 1) + K, H, W)``; missing foregrounds are zero layers.
         """
-        if images.ndim != 5 or images.shape[2] != 3:
-            raise LayeredImageError(f"images: expected (B, L, 3, H, W), got {tuple(images.shape)}")
-        if masks.shape[:2] != images.shape[:2] or masks.shape[2] != 1:
-            raise LayeredImageError(
-                f"masks: expected (B, {images.shape[1]}, 1, H, W), got {tuple(masks.shape)}"
-            )
+        images, masks = self.check_layers(images, masks)
         k = self.config.num_foregrounds
         num_layers = images.shape[1]
         if num_layers > k + 1:
@@ -129,12 +136,13 @@ class LayeredAutoencoder(LayeredAutoencoderBase):
         Args:
             images: ``(B, L, 3, H, W)`` in [-1, 1], ``L <= K + 1``.
             masks: ``(B, L, 1, H, W)`` in [0, 1].
-            layer_valid: ``(B, L)`` bool, accepted for the common interface
-                (unused: the joint latent packs every layer).
+            layer_valid: optional ``(B, L)`` bool; padded layers (False) enter the encoder
+                as zero layers, like the missing foregrounds.
 
         Returns:
             ``LayeredEncoderOutput`` whose posterior is over ``(B, 1, C, h, w)``.
         """
+        images, masks = self.check_layers(images, masks, layer_valid)
         moments = self.body.encode_moments(self.stack_inputs(images, masks))
         return LayeredEncoderOutput(latent_dist=LayeredDiagonalGaussian(moments[:, None]))
 
@@ -150,11 +158,7 @@ class LayeredAutoencoder(LayeredAutoencoderBase):
             (index 0 = ``1 - sum_i m_i``, foreground masks normalised), and the auxiliary
             composite ``(B, 3, H, W)`` or None without the composite head.
         """
-        if latents.ndim != 5 or latents.shape[1] != 1:
-            raise ValueError(f"latents: expected (B, 1, C, h, w), got {tuple(latents.shape)}")
-        num_layers = self.num_layers if num_layers is None else num_layers
-        if not 2 <= num_layers <= self.num_layers:
-            raise ValueError(f"num_layers: expected 2..{self.num_layers}, got {num_layers}")
+        num_layers = self.check_latents(latents, num_layers)
         features = self.body.decode_features(latents[:, 0])  # (B, width, H, W)
         foregrounds = torch.stack([head(features) for head in self.foreground_heads], 1)
         background = self.background_head(features)[:, None]  # (B, 1, 3, H, W)
@@ -165,19 +169,5 @@ class LayeredAutoencoder(LayeredAutoencoderBase):
         composite = self.auxiliary_head(features) if self.auxiliary_head is not None else None
         return LayeredDecoderOutput(images=images, masks=masks, composite=composite)
 
-    def forward(
-        self,
-        images: Tensor,
-        masks: Tensor,
-        layer_valid: Tensor | None = None,
-        sample_posterior: bool = True,
-        generator: torch.Generator | None = None,
-    ) -> tuple[LayeredDecoderOutput, LayeredDiagonalGaussian]:
-        """Encode, sample (or take the mode) and decode; returns (reconstruction, posterior).
 
-        ``layer_valid`` is accepted for a common signature; the joint model encodes padded
-        layers as the zero layers they are.
-        """
-        posterior = self.encode(images, masks).latent_dist
-        z = posterior.sample(generator) if sample_posterior else posterior.mode()
-        return self.decode(z, num_layers=images.shape[1]), posterior
+LayeredAutoencoder = JointAutoencoder  # the old name (see the module docstring)

@@ -14,14 +14,9 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from torch import Tensor
 
-from layergen.layers import (
-    LayeredImageError,
-    background_mask,
-    composite_layers,
-    from_unit,
-    normalize_masks,
-)
-from layergen.models.autoencoder_body import KLAutoencoderBody, LayeredAutoencoderBase
+from layergen.latent_layout import PER_LAYER, LatentLayout
+from layergen.layers import background_mask, composite_layers, from_unit, normalize_masks
+from layergen.models.autoencoder_body import KLAutoencoderBody, KLLayeredAutoencoder
 from layergen.models.autoencoder_outputs import (
     LayeredDecoderOutput,
     LayeredDiagonalGaussian,
@@ -47,7 +42,7 @@ def _map_valid_layers(
     return out
 
 
-class PerLayerAutoencoder(LayeredAutoencoderBase):
+class PerLayerAutoencoder(KLLayeredAutoencoder):
     """One KL autoencoder for a single RGB + mask layer, applied to each of the L layers.
 
     Args:
@@ -60,8 +55,6 @@ class PerLayerAutoencoder(LayeredAutoencoderBase):
         logvar_init: initial log-variance of the posterior (None: diffusers' default init).
         scaling_factor: multiply latents by it before diffusion.
     """
-
-    per_layer = True
 
     @register_to_config
     def __init__(
@@ -89,6 +82,11 @@ class PerLayerAutoencoder(LayeredAutoencoderBase):
         self.image_head = ConvBnReluConvHead(width, 3, head_channels)
         self.mask_head = ConvBnReluConvHead(width, 1, head_channels, sigmoid=True)
 
+    @property
+    def latent_layout(self) -> LatentLayout:
+        """One latent per layer, ``L' = L``."""
+        return PER_LAYER
+
     def encode(
         self, images: Tensor, masks: Tensor, layer_valid: Tensor | None = None
     ) -> LayeredEncoderOutput:
@@ -103,12 +101,7 @@ class PerLayerAutoencoder(LayeredAutoencoderBase):
         Returns:
             ``LayeredEncoderOutput`` whose posterior is over ``(B, L, C, h, w)``.
         """
-        if images.ndim != 5 or images.shape[2] != 3:
-            raise LayeredImageError(f"images: expected (B, L, 3, H, W), got {tuple(images.shape)}")
-        if masks.shape[:2] != images.shape[:2] or masks.shape[2] != 1:
-            raise LayeredImageError(
-                f"masks: expected (B, {images.shape[1]}, 1, H, W), got {tuple(masks.shape)}"
-            )
+        self.check_layers(images, masks, layer_valid)  # padded layers are skipped, not zeroed
         batch, num_layers = images.shape[:2]
         x = torch.cat([images, from_unit(masks)], dim=2)  # (B, L, 4, H, W)
         # (B*L, 4, H, W) -> (B*L, 2C, h, w), valid layers only
@@ -132,14 +125,8 @@ class PerLayerAutoencoder(LayeredAutoencoderBase):
             foreground masks normalised, index 0 recomputed as ``1 - sum_i m_i`` — and the
             composite of the decoded layers ``(B, 3, H, W)``.
         """
-        if latents.ndim != 5:
-            raise ValueError(f"latents: expected (B, L, C, h, w), got {tuple(latents.shape)}")
-        batch, layers = latents.shape[:2]
-        if num_layers is not None and num_layers != layers:
-            raise ValueError(
-                f"num_layers: the per-layer autoencoder decodes L = {layers} layers "
-                f"from {layers} latent layers, got num_layers={num_layers}"
-            )
+        layers = self.check_latents(latents, num_layers)
+        batch = latents.shape[0]
         # (B*L, C, h, w) -> (B*L, 4, H, W): RGB then the mask, valid layers only
         decoded = _map_valid_layers(self._decode_layers, latents.flatten(0, 1), layer_valid)
         images, raw_masks = decoded.unflatten(0, (batch, layers)).split([3, 1], dim=2)
@@ -162,7 +149,10 @@ class PerLayerAutoencoder(LayeredAutoencoderBase):
         sample_posterior: bool = True,
         generator: torch.Generator | None = None,
     ) -> tuple[LayeredDecoderOutput, LayeredDiagonalGaussian]:
-        """Encode, sample (or take the mode) and decode; returns (reconstruction, posterior)."""
+        """Encode, sample (or take the mode) and decode; returns (reconstruction, posterior).
+
+        Padded layers (``layer_valid`` False) are neither encoded nor decoded.
+        """
         posterior = self.encode(images, masks, layer_valid).latent_dist
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
         return self.decode(z, layer_valid=layer_valid), posterior

@@ -359,6 +359,17 @@ def test_lr_schedule_warms_up_then_holds_or_decays_to_zero(assets, schedule):
         assert lrs[55] == pytest.approx(5e-4, rel=1e-2) and lrs[-1] < 1e-6
 
 
+def test_condition_inputs_get_their_own_learning_rate(assets):
+    module = make_module(assets, lr=1e-3, lr_schedule="constant", composite_condition=True,
+                         box_condition=True, condition_lr_scale=10.0)
+    module.trainer = type("Trainer", (), {"max_steps": 100})()
+    base, conditions = module.configure_optimizers()["optimizer"].param_groups
+    assert conditions["initial_lr"] == pytest.approx(1e-2) and base["initial_lr"] == pytest.approx(1e-3)
+    cond_conv = module.unet.unet.conv_in.cond_conv
+    assert {id(p) for p in conditions["params"]} == {id(cond_conv.weight), id(cond_conv.bias)}
+    assert len(base["params"]) + 2 == len([p for p in module.unet.parameters() if p.requires_grad])
+
+
 def test_cosine_lr_schedule_needs_max_steps(assets):
     module = make_module(assets, lr_schedule="cosine")
     module.trainer = type("Trainer", (), {"max_steps": -1})()

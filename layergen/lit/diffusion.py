@@ -81,6 +81,9 @@ class LayeredDiffusionModule(pl.LightningModule):
         clean_layers_prob: share of samples with a clean, loss-free subset of layers.
         composite_dropout, composite_text_dropout, box_dropout: image-condition dropout
             (module docstring).
+        condition_lr_scale: learning-rate multiplier of the condition inputs
+            (``ConditionedConvIn.cond_conv``): zero-initialised, they start from nothing while
+            the rest of a fine-tuned UNet is already trained.
         snr_gamma: min-SNR loss weighting ``min(SNR_t, gamma) / SNR_t`` (epsilon) or
             ``/ (SNR_t + 1)`` (v-prediction); None: unweighted MSE (the papers' loss).
         lr, weight_decay, warmup_steps, betas: AdamW and linear warm-up.
@@ -125,6 +128,7 @@ class LayeredDiffusionModule(pl.LightningModule):
         composite_dropout: float = 0.5,
         composite_text_dropout: float = 0.5,
         box_dropout: float = 0.5,
+        condition_lr_scale: float = 1.0,
         snr_gamma: float | None = None,
         lr: float = 1e-5,
         weight_decay: float = 1e-4,
@@ -373,9 +377,13 @@ class LayeredDiffusionModule(pl.LightningModule):
             self.ema_unet.update_parameters(self.unet)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        params = [p for p in self.unet.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in self.unet.named_parameters() if p.requires_grad]
+        groups = [{"params": [p for n, p in named if ".cond_conv." not in n]}]
+        conditions = [p for n, p in named if ".cond_conv." in n]
+        if conditions:
+            groups.append({"params": conditions, "lr": self.hparams.lr * self.hparams.condition_lr_scale})
         optimizer = torch.optim.AdamW(
-            params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
+            groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
             betas=tuple(self.hparams.betas),
         )
         name = "constant_with_warmup" if self.hparams.lr_schedule == "constant" else "cosine"

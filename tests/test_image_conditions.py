@@ -29,6 +29,18 @@ def test_decompose_follows_the_picture_and_saves(tmp_path):
     out = pipe.decompose(picture, num_layers=3, num_inference_steps=2, generator=generator)
     layered = out.images[0]
     assert layered.num_layers == 3 and layered.size == (SIZE, SIZE)
+    # keep_pixels: the layers re-composite to the picture; without it, to what was decoded
+    assert (layered.composite() - picture).abs().max() < 0.02
+    generator.manual_seed(0)
+    decoded = pipe.decompose(picture, num_layers=3, num_inference_steps=2, generator=generator,
+                             keep_pixels=False).images[0]
+    assert (decoded.composite() - picture).abs().mean() > 0.05
+    torch.testing.assert_close(decoded.masks, layered.masks)
+    generator.manual_seed(0)
+    pil = pipe.decompose(picture, num_layers=3, num_inference_steps=2, generator=generator,
+                         output_type="pil")
+    assert pil.images[0].size == (SIZE, SIZE) and pil.layers[0].num_layers == 3
+    generator.manual_seed(0)
     # the picture reaches the UNet: another picture, another decomposition
     generator.manual_seed(0)
     other = pipe.decompose(-picture, num_layers=3, num_inference_steps=2, generator=generator)

@@ -10,6 +10,7 @@ free guidance applies to the text: both halves of a guided batch see the same im
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,21 @@ def image_to_tensor(image: PIL.Image.Image | np.ndarray | Tensor | LayeredImage)
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"image: expected (3, H, W) or (B, 3, H, W), got {tuple(image.shape)}")
     return image.float()
+
+
+def paste_visible_pixels(layered: LayeredImage, picture: Tensor, threshold: float = 1 / 255) -> LayeredImage:
+    """Each layer takes ``picture``'s pixels wherever it is visible (visible mask >
+    ``threshold``), so the layers re-composite to the picture; hidden parts (a background
+    behind its foregrounds) keep the generated colours.
+
+    Args:
+        layered: a decomposition of ``picture``.
+        picture: ``(3, H, W)`` in [-1, 1], the size of ``layered``.
+    """
+    picture = picture.to(layered.background)
+    visible = layered.layer_masks() > threshold  # (L, 1, H, W): background first
+    layers = torch.where(visible, picture[None], layered.layer_images())
+    return replace(layered, background=layers[0], foregrounds=layers[1:])
 
 
 class LayeredImageConditionsMixin:

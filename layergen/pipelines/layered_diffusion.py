@@ -48,6 +48,7 @@ from layergen.pipelines.image_conditions import (
     ImageArg,
     LayeredImageConditionsMixin,
     image_to_tensor,
+    paste_visible_pixels,
 )
 from layergen.pipelines.inputs import Generators, LayeredInputsMixin, LayerPromptsArg
 from layergen.pipelines.outputs import LayeredPipelineOutput, postprocess
@@ -575,20 +576,35 @@ class LayeredDiffusionPipeline(
         prompt: str = "",
         layer_prompts: LayerPromptsArg = None,
         layer_boxes: BoxesArg = None,
+        keep_pixels: bool = True,
+        output_type: str = "layered",
+        return_dict: bool = True,
         **kwargs: Any,
     ) -> LayeredPipelineOutput | tuple[Any, list[LayeredImage] | None]:
         """Decompose a picture into ``num_layers`` layers (background + foregrounds).
 
         The composite-conditioned UNet generates layers whose composite reproduces ``image``;
         ``prompt`` / ``layer_prompts`` (optional, ``"auto"``: the prompt's noun phrases) and
-        ``layer_boxes`` steer what goes in which layer. Other arguments as in ``__call__``.
+        ``layer_boxes`` steer what goes in which layer. With ``keep_pixels`` each layer then
+        takes the picture's own pixels wherever it is visible (:func:`paste_visible_pixels`),
+        so the layers re-composite to the picture and only hidden parts are generated. Other
+        arguments as in ``__call__``.
 
         Raises:
             ValueError: the UNet was not trained with ``composite_condition``.
         """
         if layer_prompts is None and num_layers is None:
             num_layers = 3
-        return self(prompt, layer_prompts, num_layers, image=image, layer_boxes=layer_boxes, **kwargs)
+        out = self(prompt, layer_prompts, num_layers, image=image, layer_boxes=layer_boxes,
+                   output_type="layered" if output_type != "latent" else "latent", **kwargs)
+        if output_type != "latent":
+            layers = out.layers
+            if keep_pixels:
+                pixels = image_to_tensor(image).to(layers[0].background)
+                pixels = pixels.expand(len(layers), -1, -1, -1)
+                layers = [paste_visible_pixels(layered, p) for layered, p in zip(layers, pixels)]
+            out = postprocess(layers, out.latents, output_type)
+        return out if return_dict else (out.images, out.layers)
 
     # ------------------------------------------------------------------------------------
     # Loading from training checkpoints (save_pretrained: PretrainedFolderMixin)

@@ -112,7 +112,9 @@ def run(args: argparse.Namespace) -> dict[str, int]:
     return decompose_all(chain, inputs, outputs, args)
 
 
-def decompose_all(decomposer: Any, inputs: list[Path], outputs: list[Path], args: argparse.Namespace) -> dict[str, int]:
+def decompose_all(
+    decomposer: Any, inputs: list[Path], outputs: list[Path], args: argparse.Namespace
+) -> dict[str, int]:
     """Decompose the files one at a time, naming each written on stdout; returns the counts."""
     counts = {"written": 0, "skipped": 0}
     for source, target in zip(inputs, outputs):

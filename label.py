@@ -1,4 +1,7 @@
-"""Label synthesised samples good / bad in a browser: ``python label.py --shards ... --kind mask --out labels.jsonl``."""
+"""Label synthesised samples good / bad in a browser.
+
+``python label.py --shards ... --kind mask --out labels.jsonl``
+"""
 
 import argparse
 import logging

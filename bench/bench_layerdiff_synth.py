@@ -49,7 +49,8 @@ PHOTOS = {
 
 def scene_records(num: int, size: int) -> list[SynthesisRecord]:
     scenes = ShapeScenes(size=size, min_foregrounds=1, max_foregrounds=3, length=num, seed=1)
-    return [SynthesisRecord(key=f"scene{i}", image=scenes[i].composite(), caption=scenes[i].prompt) for i in range(num)]
+    return [SynthesisRecord(key=f"scene{i}", image=scenes[i].composite(), caption=scenes[i].prompt)
+            for i in range(num)]
 
 
 def photo_records(size: int) -> list[SynthesisRecord]:
@@ -98,8 +99,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as root:
-        run(f"tiny models, {args.size}px scenes", tiny_chain(root, args.size), scene_records(args.num, args.size), args.batch_size)
-    run(f"classical, {args.size}px scenes", LayerDiffChain.classical(), scene_records(args.num, args.size), args.batch_size)
+        run(f"tiny models, {args.size}px scenes", tiny_chain(root, args.size),
+            scene_records(args.num, args.size), args.batch_size)
+    run(f"classical, {args.size}px scenes", LayerDiffChain.classical(), scene_records(args.num, args.size),
+        args.batch_size)
     photos = run(
         f"classical, {args.photo_size}px photographs",
         LayerDiffChain.classical(max_inpaint_saliency=1.0),

@@ -153,7 +153,8 @@ def _layered(k: int = 2, size: int = 8) -> LayeredImage:
     if k > 1:
         masks[1] *= 1 - masks[0]
     fgs = torch.stack([torch.full((3, size, size), 0.5 * (i + 1) - 0.5) for i in range(k)])
-    return LayeredImage(torch.full((3, size, size), -1.0), fgs, masks, "p", ["the background"] + [f"l{i}" for i in range(k)])
+    prompts = ["the background"] + [f"l{i}" for i in range(k)]
+    return LayeredImage(torch.full((3, size, size), -1.0), fgs, masks, "p", prompts)
 
 
 def test_foreground_union_and_layer_ious():
@@ -211,7 +212,8 @@ def _save_tiny_clip(path):
     torch.manual_seed(0)
     config = CLIPConfig(
         text_config=dict(vocab_size=len(vocab), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=32, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+                         num_attention_heads=2, max_position_embeddings=32, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=1),
         vision_config=dict(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
                            image_size=16, patch_size=8),
         projection_dim=8,

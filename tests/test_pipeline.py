@@ -250,7 +250,8 @@ def test_edit_keeps_layers_bit_identical(edit_pipe, keep, layer_prompts, monkeyp
     # kept layers' latents (image and mask latents when stacked) are their clean encodings
     # at timestep 0 in every UNet call; the others follow the schedule
     clean = pipe.encode_layers(source, result.num_layers)  # (1, L', C, h, w)
-    kept = torch.isin(LatentLayout.infer(result.num_layers, clean.shape[1]).layer_index(result.num_layers), torch.tensor(keep))
+    index = LatentLayout.infer(result.num_layers, clean.shape[1]).layer_index(result.num_layers)
+    kept = torch.isin(index, torch.tensor(keep))
     assert len(timesteps) == 2 and timesteps[0].shape[1] == clean.shape[1]
     for t, x, expected in zip(timesteps, samples, pipe.scheduler.timesteps):
         assert (t[:, kept] == 0).all() and (t[:, ~kept] == expected).all()

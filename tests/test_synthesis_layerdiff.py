@@ -120,7 +120,8 @@ def test_rule_based_noun_phrases_split_synthetic_caption() -> None:
         "a small blue circle",
         "a green and pink striped background",
     ]
-    assert NounPhraseExtractor(spacy_model=None)("A man sitting on a bench, with a dog.") == ["a man", "a bench", "a dog"]
+    phrases = NounPhraseExtractor(spacy_model=None)("A man sitting on a bench, with a dog.")
+    assert phrases == ["a man", "a bench", "a dog"]
 
 
 def test_background_word_filter_drops_background_phrases() -> None:
@@ -147,7 +148,8 @@ def test_saliency_overlap_and_selection_drop_non_salient_masks() -> None:
     overlap = saliency_overlap(masks, saliency)
     assert torch.allclose(overlap, torch.tensor([1.0, 0.0, 0.1, 0.2]), atol=1e-6)
 
-    record = record_with_objects(masks, ["a cup", "the ground", "a lamp", "a vase"], torch.zeros(1, SIZE, SIZE), saliency)
+    names = ["a cup", "the ground", "a lamp", "a vase"]
+    record = record_with_objects(masks, names, torch.zeros(1, SIZE, SIZE), saliency)
     LayerSelectionStage(threshold=0.1)([record])
     assert record.kept
     assert record.extras["phrases_detected"] == ["a cup", "a vase"]
@@ -190,7 +192,8 @@ def test_depth_order_puts_the_deeper_layer_behind() -> None:
     assert torch.equal(front, near)  # the nearer object keeps the shared pixels
     assert torch.equal(back, far * (1 - near))
     assert (back * front).sum() == 0 and record.masks.sum(0).max() <= 1
-    assert torch.equal(record.inpaint_mask, (torch.nn.functional.max_pool2d((near + far).clamp(max=1)[None], 3, 1, 1))[0])
+    dilated = torch.nn.functional.max_pool2d((near + far).clamp(max=1)[None], 3, 1, 1)[0]
+    assert torch.equal(record.inpaint_mask, dilated)
 
 
 def test_fully_occluded_duplicate_is_dropped() -> None:
@@ -278,7 +281,8 @@ def test_tiny_detector_sam_and_captioner(tiny_models: dict[str, str]) -> None:
 
 
 def test_tiny_grounding_dino_labels_map_to_phrases(tmp_path: Path) -> None:
-    detector = TransformersDetection(str(build_tiny_grounding_dino(tmp_path / "gdino")), box_threshold=0.0, text_threshold=0.0)
+    detector = TransformersDetection(str(build_tiny_grounding_dino(tmp_path / "gdino")), box_threshold=0.0,
+                                     text_threshold=0.0)
     assert detector.grounding
     (found,) = detector(torch.rand(1, 3, 24, 40) * 2 - 1, [["a red star", "a dog"]], torch.ones(1, 1, 24, 40))
     assert found and {d.phrase for d in found} <= {"a red star", "a dog"}

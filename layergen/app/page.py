@@ -123,7 +123,8 @@ function layerRow(doc, i, version) {
   shown.type = "checkbox";
   shown.checked = doc.visible[i];
   shown.title = i === 0 ? "the background is always shown" : "show this layer";
-  shown.addEventListener("change", () => post("/visibility", {layer: i, visible: shown.checked}, "layer " + i + (shown.checked ? " shown" : " hidden")));
+  shown.addEventListener("change", () => post("/visibility", {layer: i, visible: shown.checked},
+    "layer " + i + (shown.checked ? " shown" : " hidden")));
   const eye = element("label", "", "shown ");
   eye.append(shown);
   info.append(eye);
@@ -148,7 +149,8 @@ function layerRow(doc, i, version) {
   info.append(button("replace", "Regenerate", "regenerate this layer with the prompt above, the others kept",
     () => post("/replace", sampling({layer: i, prompt: prompt.value}), "layer " + i + " regenerated")));
   info.append(button("restyle", "Restyle", "restyle this layer towards the prompt above (strength)",
-    () => post("/restyle", sampling({layer: i, prompt: prompt.value, strength: value("strength")}), "layer " + i + " restyled")));
+    () => post("/restyle", sampling({layer: i, prompt: prompt.value, strength: value("strength")}),
+      "layer " + i + " restyled")));
   if (i === 0) {
     info.append(button("background", "New background behind the shown layers", "hidden layers are dropped",
       () => post("/background", sampling({prompt: prompt.value}), "new background")));
@@ -173,7 +175,9 @@ function show(s) {
   $("composite").src = "/composite.png?v=" + s.version;
   $("doc-prompt").textContent = doc.prompt;
   const last = s.last || {};
-  $("last").textContent = last.action ? "last: " + last.action + (last.seed !== undefined ? ", seed " + last.seed : "") + (last.steps ? ", " + last.steps + " steps" : "") + ", " + doc.size[1] + "x" + doc.size[0] + " px" : "";
+  $("last").textContent = last.action ? "last: " + last.action
+    + (last.seed !== undefined ? ", seed " + last.seed : "") + (last.steps ? ", " + last.steps + " steps" : "")
+    + ", " + doc.size[1] + "x" + doc.size[0] + " px" : "";
   for (let i = doc.layer_prompts.length - 1; i >= 0; i--) layers.append(layerRow(doc, i, s.version));
   layers.querySelectorAll("[data-off='1']").forEach(b => { b.disabled = true; });
   layers.querySelector(".layer[data-layer='0'] .visible").disabled = true;

@@ -9,9 +9,9 @@ holds the expected number of samples is kept (not regenerated); a missing one, o
 partial one of a smaller earlier run, is (re)written.
 
 Readers are webdataset pipelines (shard lists with brace expansion, ``pipe:`` URLs, shards
-divided over DDP ranks and workers as ``layergen.data.sharding`` describes, a shuffle buffer). Bad input raises ``ShardError``
-naming the shard and key or, with ``on_error="skip"``, is dropped, logged and counted in a
-``SkipCounter``.
+divided over DDP ranks and workers as ``layergen.data.sharding`` describes, a shuffle buffer).
+Bad input raises ``ShardError`` naming the shard and key or, with ``on_error="skip"``, is
+dropped, logged and counted in a ``SkipCounter``.
 """
 
 from __future__ import annotations

@@ -236,8 +236,9 @@ def load_ora(path: str | Path) -> LayeredImage:
     The visible layers of ``stack.xml`` are read bottom first, the bottom one being the
     background (made opaque, transparent parts over white). Nested stacks (groups) are
     flattened into their layers in order, their ``x``/``y`` offsets added to their layers'
-    (as the OpenRaster spec says; Krita writes 0 and ignores them) and their opacities multiplying their layers' alphas (exact where a group's layers do
-    not overlap); each layer's PNG, of any size, is placed at its offset. Hidden layers
+    (as the OpenRaster spec says; Krita writes 0 and ignores them) and their opacities
+    multiplying their layers' alphas (exact where a group's layers do not overlap); each
+    layer's PNG, of any size, is placed at its offset. Hidden layers
     and stacks are skipped and logged at INFO; other elements (e.g. text or filter
     entries) are skipped and composite ops other than ``svg:src-over`` read as normal,
     with a WARNING naming the file and the layers. Layer names become layer prompts;

@@ -261,14 +261,16 @@ function show(s) {{
     `good ${{c.g}} · bad ${{c.b}} · skipped ${{c.s}}` + (s.finished ? " · all samples labelled" : ` · key ${{s.key}}`);
   document.getElementById("caption").textContent = s.caption || "";
   const img = document.getElementById("sample");
-  if (s.finished) {{ img.removeAttribute("src"); }} else {{ img.src = "/sample.png?key=" + encodeURIComponent(s.key); }}
+  if (s.finished) {{ img.removeAttribute("src"); }}
+  else {{ img.src = "/sample.png?key=" + encodeURIComponent(s.key); }}
 }}
 fetch("/state").then(r => r.json()).then(show);
 document.addEventListener("keydown", e => {{
   if (!state || state.finished || !["g", "b", "s"].includes(e.key)) return;
   const body = JSON.stringify({{key: state.key, answer: e.key}});
   state = null;
-  fetch("/label", {{method: "POST", body}}).then(r => r.json()).then(s => s.error ? fetch("/state").then(r => r.json()).then(show) : show(s));
+  fetch("/label", {{method: "POST", body}}).then(r => r.json())
+    .then(s => s.error ? fetch("/state").then(r => r.json()).then(show) : show(s));
 }});
 </script>
 </body></html>

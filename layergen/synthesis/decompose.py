@@ -72,7 +72,9 @@ def build_decompose_chain(
         backends["depth"] = TransformersDepth(depth_model)
     if inpainting_model is not None:
         backends["inpainting"] = DiffusersInpainting(inpainting_model)
-    return LayerDiffChain.classical(max_foregrounds=max_foregrounds, max_inpaint_saliency=max_inpaint_saliency, **backends)
+    return LayerDiffChain.classical(
+        max_foregrounds=max_foregrounds, max_inpaint_saliency=max_inpaint_saliency, **backends
+    )
 
 
 def chain_from_config(config: str | Path) -> SynthesisChain:
@@ -202,7 +204,9 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def plan_outputs(source: str | Path, out: str | Path | None, file_format: str = "psd") -> tuple[list[Path], list[Path]]:
+def plan_outputs(
+    source: str | Path, out: str | Path | None, file_format: str = "psd"
+) -> tuple[list[Path], list[Path]]:
     """Inputs and outputs for ``decompose.py``: one image or every image of a folder.
 
     Args:

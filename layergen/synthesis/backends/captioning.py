@@ -122,7 +122,8 @@ class TransformersCaptioning(CaptioningBackend):
             name: value.to(parameter.device, parameter.dtype if value.is_floating_point() else value.dtype)
             for name, value in inputs.items()
         }
-        ids = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=False)
+        ids = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams,
+                                  do_sample=False)
         texts = self.processor.batch_decode(ids, skip_special_tokens=True)
         for i, text in zip(todo, texts):
             text = text.strip()

@@ -88,7 +88,8 @@ class TransformersDepth(DepthBackend):
         self.inverse_depth = inverse_depth
 
     def settings(self) -> dict[str, Any]:
-        return {"model": str(self.model_name_or_path), "inverse_depth": self.inverse_depth, "convention": "larger=farther"}
+        return {"model": str(self.model_name_or_path), "inverse_depth": self.inverse_depth,
+                "convention": "larger=farther"}
 
     def to(self, device: torch.device | str) -> TransformersDepth:
         self.model.to(device)
@@ -146,5 +147,6 @@ def build_tiny_depth(out_dir: str | Path, image_size: int = 32) -> Path:
         readout_type="project",
     )
     DPTForDepthEstimation(config).save_pretrained(out_dir)
-    DPTImageProcessor(size={"height": image_size, "width": image_size}, keep_aspect_ratio=False).save_pretrained(out_dir)
+    processor = DPTImageProcessor(size={"height": image_size, "width": image_size}, keep_aspect_ratio=False)
+    processor.save_pretrained(out_dir)
     return out_dir

@@ -224,10 +224,7 @@ class LayeredDiffusionModule(pl.LightningModule):
         composite, boxes = None, None
         if self.unet.config.composite_condition:
             if isinstance(batch, LatentBatch):
-                if batch.composite_latents is None:
-                    raise ValueError("composite_condition: the cached latents have no composite_latents "
-                                     "(re-run python -m layergen.apps.cache_latents)")
-                composite = batch.composite_latents
+                composite = _cached_field(batch, "composite_latents", "composite_condition")
             else:
                 composite = encode_composites(self.autoencoder, batch.images, batch.masks)
             composite = (composite * self.autoencoder.config.scaling_factor).to(self.dtype)
@@ -236,10 +233,7 @@ class LayeredDiffusionModule(pl.LightningModule):
                 composite = torch.where(drop[:, None, None, None], float("nan"), composite)
         if self.unet.config.box_condition:
             if isinstance(batch, LatentBatch):
-                if batch.layer_boxes is None:
-                    raise ValueError("box_condition: the cached latents have no layer_boxes "
-                                     "(re-run python -m layergen.apps.cache_latents)")
-                boxes = batch.layer_boxes
+                boxes = _cached_field(batch, "layer_boxes", "box_condition")
             else:
                 boxes = layer_boxes(batch.masks, batch.layer_valid)
             if train:
@@ -436,3 +430,12 @@ class LayeredDiffusionModule(pl.LightningModule):
         pipeline.save_pretrained(directory, safe_serialization=True)
         logger.info("exported pipeline to %s", directory)
         return directory
+
+
+def _cached_field(batch: LatentBatch, field: str, condition: str) -> Tensor:
+    """``batch.<field>``, which a ``condition`` model needs from the latent cache."""
+    value = getattr(batch, field)
+    if value is None:
+        raise ValueError(f"{condition}: the cached latents have no {field} "
+                         "(re-run python -m layergen.apps.cache_latents)")
+    return value

@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     learned.add_argument("--layer-prompts", nargs="+", help="layer prompts, background first")
     learned.add_argument("--steps", type=int, help="denoising steps (default: the model's recipe)")
     learned.add_argument("--seed", type=int, default=0)
+    learned.add_argument("--candidates", type=int, default=4,
+                         help="decompositions drawn; the one closest to the picture is kept")
     add_device_arguments(parser)
     args = parser.parse_args(argv)
     classical = ("config", "caption_model", "detection_model", "sam_model", "depth_model", "inpainting_model")
@@ -86,7 +88,8 @@ def learned_decomposer(args: argparse.Namespace) -> Callable[[Tensor, str], Laye
         raise ValueError(f"--model {args.model}: its UNet is not composite-conditioned, so it cannot "
                          "decompose images (train one with configs/demo/decompose.yaml)")
     steps = {} if args.steps is None else {"num_inference_steps": args.steps}
-    decomposer = PipelineDecomposer(pipe, layer_prompts=args.layer_prompts, seed=args.seed, **steps)
+    decomposer = PipelineDecomposer(pipe, layer_prompts=args.layer_prompts, seed=args.seed,
+                                    num_candidates=args.candidates, **steps)
     num_layers = None if args.layer_prompts else args.num_layers
     return lambda image, caption: decomposer(image, caption, num_layers)
 

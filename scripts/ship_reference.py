@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--num-samples", type=int, default=64)
     parser.add_argument("--check-samples", type=int, default=16)
+    parser.add_argument("--description", default="The layergen demo model trained for longer",
+                        help="what the model is: the model card's first words")
     args = parser.parse_args(argv)
 
     copy_pipeline(args.run, args.out)
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     (args.out / "reference.json").write_text(json.dumps(record, indent=2) + "\n")
     description = (
-        f"The layergen demo model trained for longer: `{args.config}`, seed {args.seed}, "
+        f"{args.description}: `{args.config}`, seed {args.seed}, "
         f"{args.steps_trained} optimiser steps of batch {args.batch_size} on "
         f"{args.train_scenes} cached synthetic scenes (32 px, 1-2 foregrounds). "
         "Made with `scripts/ship_reference.py`; `reference.json` has the record."

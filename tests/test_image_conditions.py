@@ -36,6 +36,18 @@ def test_decompose_follows_the_picture_and_saves(tmp_path):
                              keep_pixels=False).images[0]
     assert (decoded.composite() - picture).abs().mean() > 0.05
     torch.testing.assert_close(decoded.masks, layered.masks)
+    # best of 3: the candidate whose decoded composite is closest to the picture
+    generator.manual_seed(0)
+    candidates = pipe.decompose(picture, num_layers=3, num_inference_steps=2, generator=generator,
+                                keep_pixels=False, num_images_per_prompt=3).images
+    errors = [(c.composite() - picture).abs().mean() for c in candidates]
+    generator.manual_seed(0)
+    best = pipe.decompose(picture, num_layers=3, num_inference_steps=2, generator=generator,
+                          keep_pixels=False, num_candidates=3)
+    assert len(best.images) == 1 and best.latents.shape[0] == 1
+    torch.testing.assert_close(best.images[0].masks, candidates[int(torch.stack(errors).argmin())].masks)
+    with pytest.raises(ValueError, match="num_candidates"):
+        pipe.decompose(picture, num_candidates=2, num_images_per_prompt=2)
     generator.manual_seed(0)
     pil = pipe.decompose(picture, num_layers=3, num_inference_steps=2, generator=generator,
                          output_type="pil")

@@ -467,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-caption", action="store_true",
                         help="--model decomposes from pixels alone (no caption as its prompt)")
     parser.add_argument("--steps", type=int, help="--model's denoising steps (default its recipe's)")
+    parser.add_argument("--candidates", type=int, default=1,
+                        help="--model draws this many decompositions and keeps the closest (decompose's "
+                        "num_candidates)")
     parser.add_argument("--boxes", action="store_true",
                         help="--model is given the ground-truth layer boxes (box-conditioned models)")
     parser.add_argument("--text-to-layers", action="store_true",
@@ -496,6 +499,9 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, dict[str, float]]]:
                              "decompose method, so it cannot be benchmarked on decomposition")
         steps = {} if args.steps is None else {"num_inference_steps": args.steps}
         name = args.model + (" (no caption)" if args.no_caption else "") + (" (boxes)" if args.boxes else "")
+        if args.candidates > 1:
+            name += f" (best of {args.candidates})"
+            steps["num_candidates"] = args.candidates
         decomposer = PipelineDecomposer(pipe, use_caption=not args.no_caption, **steps)
         decomposers[name] = BoxedDecomposer(decomposer, references) if args.boxes else decomposer
         if args.text_to_layers:

@@ -6,8 +6,9 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
+from layergen.models.input_convs import box_maps, widen_conv
 from layergen.models.layer_attention import LayerCollaborativeTransformerBlock
-from layergen.models.layered_unet import LayeredUNet, widen_conv
+from layergen.models.layered_unet import LayeredUNet
 
 UNET_CONFIG = dict(
     sample_size=8,
@@ -278,7 +279,6 @@ def test_pooled_layer_prompt_class_embedding():
 
 
 def test_box_maps_inside_outside_and_missing():
-    from layergen.models.layered_unet import box_maps
 
     boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.25], [float("nan")] * 4]])  # (1, 2, 4)
     maps = box_maps(boxes, 1, 2, 4, 4)  # cell centres 0.125, 0.375, ...

@@ -64,9 +64,10 @@ import torch
 from torch import Tensor
 
 from layergen.benchmark.synthetic import psnr
+from layergen.data.latents import layer_boxes
 from layergen.data.shapes import ShapeScenes
 from layergen.data.transforms import resize
-from layergen.layers import LayeredImage, mask_boxes
+from layergen.layers import LayeredImage
 from layergen.metrics.breakdown import Breakdown, markdown_table
 from layergen.pipelines.decomposition import PipelineDecomposer
 
@@ -360,10 +361,11 @@ class ClassicalDecomposer:
 
 
 def scene_boxes(scene: LayeredImage) -> Tensor:
-    """``(L, 4)`` layer boxes of a scene: the background's the whole frame, each foreground's
-    that of its visible mask (an empty mask: a zero box)."""
-    boxes = mask_boxes(scene.masks).nan_to_num(0.0)  # (K, 4)
-    return torch.cat([torch.tensor([[0.0, 0.0, 1.0, 1.0]]), boxes])
+    """``(L, 4)`` layer boxes of a scene as training draws them
+    (:func:`~layergen.data.latents.layer_boxes`): the background's the whole frame, each
+    foreground's that of its visible mask, NaN (no box) for an empty mask."""
+    valid = torch.ones(1, scene.num_layers, dtype=torch.bool)
+    return layer_boxes(scene.layer_masks()[None], valid)[0]
 
 
 class TextToLayersDecomposer:

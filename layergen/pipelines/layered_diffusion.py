@@ -43,13 +43,7 @@ from layergen.pipelines.checkpoints import pipeline_from_checkpoints
 from layergen.pipelines.components import COMPONENTS_LIBRARY, component_class
 from layergen.pipelines.conditioning import LayeredConditioningMixin, layerdiff_negative_prompts
 from layergen.pipelines.editing import LayeredEditingMixin
-from layergen.pipelines.image_conditions import (
-    BoxesArg,
-    ImageArg,
-    LayeredImageConditionsMixin,
-    image_to_tensor,
-    paste_visible_pixels,
-)
+from layergen.pipelines.image_conditions import BoxesArg, ImageArg, LayeredImageConditionsMixin, image_to_tensor
 from layergen.pipelines.inputs import Generators, LayeredInputsMixin, LayerPromptsArg
 from layergen.pipelines.outputs import LayeredPipelineOutput, postprocess
 from layergen.pipelines.recipe import LEGACY_RECIPE, RECIPE_KEYS, check_recipe
@@ -567,59 +561,6 @@ class LayeredDiffusionPipeline(
             images = self.decode_latents(latents, image_prompts, image_layer_prompts, metadata)
         output = self._output(latents, images, output_type)
         return output if return_dict else (output.images, output.layers)
-
-    @torch.no_grad()
-    def decompose(
-        self,
-        image: ImageArg,
-        num_layers: int | None = None,
-        prompt: str = "",
-        layer_prompts: LayerPromptsArg = None,
-        layer_boxes: BoxesArg = None,
-        keep_pixels: bool = True,
-        num_candidates: int = 1,
-        output_type: str = "layered",
-        return_dict: bool = True,
-        **kwargs: Any,
-    ) -> LayeredPipelineOutput | tuple[Any, list[LayeredImage] | None]:
-        """Decompose a picture into ``num_layers`` layers (background + foregrounds).
-
-        The composite-conditioned UNet generates layers whose composite reproduces ``image``;
-        ``prompt`` / ``layer_prompts`` (optional, ``"auto"``: the prompt's noun phrases) and
-        ``layer_boxes`` steer what goes in which layer. ``num_candidates`` decompositions are
-        drawn (one batch) and the one whose decoded composite is closest to the picture (mean
-        absolute error) is kept. With ``keep_pixels`` each layer then takes the picture's own
-        pixels wherever it is visible (:func:`paste_visible_pixels`), so the layers
-        re-composite to the picture and only hidden parts are generated. Other arguments as in
-        ``__call__``.
-
-        Raises:
-            ValueError: the UNet was not trained with ``composite_condition``; more than one
-                candidate for a batch of prompts or several images per prompt.
-        """
-        if layer_prompts is None and num_layers is None:
-            num_layers = 3
-        if num_candidates < 1:
-            raise ValueError(f"num_candidates: must be at least 1, got {num_candidates}")
-        if num_candidates > 1 and (not isinstance(prompt, str) or kwargs.get("num_images_per_prompt", 1) != 1):
-            raise ValueError("num_candidates: give one prompt and one image per prompt")
-        if num_candidates > 1:
-            kwargs["num_images_per_prompt"] = num_candidates
-        out = self(prompt, layer_prompts, num_layers, image=image, layer_boxes=layer_boxes,
-                   output_type="layered" if output_type != "latent" else "latent", **kwargs)
-        if output_type == "latent":
-            return out if return_dict else (out.images, out.layers)
-        layers, latents = out.layers, out.latents
-        pixels = image_to_tensor(image).to(layers[0].background)
-        if num_candidates > 1:
-            errors = torch.stack([(c.composite() - pixels[0]).abs().mean() for c in layers])
-            best = int(errors.argmin())
-            layers, latents = [layers[best]], latents[best : best + 1]
-        if keep_pixels:
-            pixels = pixels.expand(len(layers), -1, -1, -1)
-            layers = [paste_visible_pixels(layered, p) for layered, p in zip(layers, pixels)]
-        out = postprocess(layers, latents, output_type)
-        return out if return_dict else (out.images, out.layers)
 
     # ------------------------------------------------------------------------------------
     # Loading from training checkpoints (save_pretrained: PretrainedFolderMixin)
